@@ -26,3 +26,18 @@ def check(code: str) -> str:
     if code not in REASONS:
         raise KeyError(f"unregistered reject reason {code!r}; declare it with openmedreason.reasons.reason()")
     return code
+
+
+def load_all() -> None:
+    """Import every module that declares reasons, so that the registry is complete."""
+    import importlib
+
+    for mod in (
+        "openmedreason.run.executor",
+        "openmedreason.ingest.step",
+        "openmedreason.ingest.jats",
+        "openmedreason.ingest.oa_package",
+        "openmedreason.ingest.records_source",
+        "openmedreason.quality.pixels",
+    ):
+        importlib.import_module(mod)

@@ -1,0 +1,215 @@
+"""``omr``: a thin command-line shell over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from openmedreason import __version__
+
+app = typer.Typer(
+    name="omr",
+    help="OpenMedReason: build medical VQA corpora with reasoning traces from open-access articles.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"openmedreason {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+def print_funnel(result: dict[str, Any]) -> None:
+    table = Table(title="Funnel (in = kept + rejected)")
+    for col in ("step", "in", "kept", "rejected", "reasons"):
+        table.add_column(col, justify="right" if col in ("in", "kept", "rejected") else "left")
+    for name, s in result["steps"].items():
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejected"].items(), key=lambda kv: -kv[1]))
+        table.add_row(name, str(s["in"]), str(s["kept"]), str(sum(s["rejected"].values())), reasons or "-")
+    out_console.print(table)
+
+
+def _overrides(
+    seed: Optional[int],
+    shard_size: Optional[int],
+    allow_license: Optional[str],
+    field_map: Optional[str],
+    a1_preset: Optional[str] = None,
+) -> dict[str, Any]:
+    from openmedreason.ingest.license import parse_allow
+
+    ov: dict[str, Any] = {"seed": seed, "shard_size": shard_size}
+    if allow_license:
+        ov["steps.ingest.allow_license"] = sorted(parse_allow(allow_license))
+    ov["steps.ingest.field_map"] = field_map
+    ov["steps.a1_pixels.preset"] = a1_preset
+    return ov
+
+
+def _run(sources: list[str], out: Path, config_path: Optional[Path], overrides: dict[str, Any], workers: int, upto: str | None) -> dict[str, Any]:
+    from openmedreason.config import load_config
+    from openmedreason.ingest.sources import SourceError
+    from openmedreason.run import pipeline
+
+    try:
+        config = load_config(config_path, overrides)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("shards", total=None)
+        try:
+            result = pipeline.run(
+                sources,
+                out,
+                config,
+                workers=workers,
+                upto=upto,
+                on_plan=lambda n: progress.update(task, total=n),
+                on_shard_done=lambda _i: progress.advance(task),
+            )
+        except (SourceError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+    return result
+
+
+SOURCES_HELP = "JATS files (.nxml/.xml), folders of them, PMC OA packages (.tar.gz), record files (.jsonl/.parquet)."
+ALLOW_HELP = "Licence codes to admit besides the default policy (ND and unknown are denied), comma-separated, or 'all'."
+FIELD_MAP_HELP = "For record files: preset (openpmc, medcorpus) or 'panel_field=column,…'. Default: detected per file."
+
+
+@app.command()
+def run(
+    sources: list[str] = typer.Argument(..., help=SOURCES_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; rerun the same command to resume)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file (see docs/configuration.md)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes (1 = in-process)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for every random choice."),
+    shard_size: Optional[int] = typer.Option(None, help="Source units per shard."),
+    allow_license: Optional[str] = typer.Option(None, help=ALLOW_HELP),
+    field_map: Optional[str] = typer.Option(None, help=FIELD_MAP_HELP),
+    a1_preset: Optional[str] = typer.Option(None, help="A1 pixel-check preset: default or paper."),
+) -> None:
+    """Run the pipeline (ingest → A1 pixel checks) over SOURCES into a resumable run directory."""
+    result = _run(sources, out, config, _overrides(seed, shard_size, allow_license, field_map, a1_preset), workers, None)
+    print_funnel(result)
+    console.print(f"run directory: {out}  (funnel.json, manifest.json, <step>/kept-*.parquet, <step>/rejected-*.parquet)")
+
+
+@app.command()
+def ingest(
+    sources: list[str] = typer.Argument(..., help=SOURCES_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: ingest/kept-*.parquet and ingest/rejected-*.parquet."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes."),
+    shard_size: Optional[int] = typer.Option(None, help="Source units per shard."),
+    allow_license: Optional[str] = typer.Option(None, help=ALLOW_HELP),
+    field_map: Optional[str] = typer.Option(None, help=FIELD_MAP_HELP),
+) -> None:
+    """Parse articles, packages and record files into one Panel record per figure panel."""
+    result = _run(sources, out, config, _overrides(None, shard_size, allow_license, field_map), workers, "ingest")
+    print_funnel(result)
+
+
+@app.command("check-image")
+def check_image(
+    paths: list[Path] = typer.Argument(..., help="Image files."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, keep, reason, value, metrics."),
+    preset: str = typer.Option("default", help="Threshold preset: default (modality-robust) or paper (published)."),
+) -> None:
+    """Run the A1 pixel checks on image files."""
+    from openmedreason.quality.pixels import check_images
+
+    table = Table("path", "keep", "reason", "value")
+    failed = False
+    for row in check_images([str(p) for p in paths], preset=preset):
+        failed |= not row["keep"]
+        if as_json:
+            print(json.dumps(row, sort_keys=True, default=str))
+        else:
+            v = row.get("value")
+            table.add_row(str(row["path"]), "yes" if row["keep"] else "no", row["reason"] or "-", "-" if v is None else f"{v:.4g}")
+    if not as_json:
+        out_console.print(table)
+
+
+@app.command()
+def funnel(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Print a run's funnel (in, kept, rejected by reason, per step)."""
+    from openmedreason.run.pipeline import load_funnel
+
+    try:
+        print_funnel(load_funnel(run_dir))
+    except FileNotFoundError:
+        console.print(f"[red]no funnel.json in {run_dir}[/red]")
+        raise typer.Exit(2)
+
+
+@app.command()
+def reasons(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List every reject-reason code with its meaning."""
+    from openmedreason.reasons import REASONS, load_all
+
+    load_all()
+    if as_json:
+        print(json.dumps(REASONS, indent=2, sort_keys=True))
+        return
+    table = Table("code", "meaning")
+    for code in sorted(REASONS):
+        table.add_row(code, REASONS[code])
+    out_console.print(table)
+
+
+def default_corpus() -> Path | None:
+    """The bundled demo corpus: ./examples/corpus, else the source tree's copy (editable install)."""
+    for base in (Path.cwd(), *Path(__file__).resolve().parents):
+        cand = base / "examples" / "corpus"
+        if (cand / "articles").is_dir():
+            return cand
+    return None
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Run directory."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder with articles/ and medical/ (default: bundled)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes."),
+) -> None:
+    """The main job, offline: the bundled sample articles and medical images through the pipeline."""
+    corpus = corpus or default_corpus()
+    if corpus is None or not corpus.is_dir():
+        console.print("[red]bundled corpus not found; pass --corpus PATH (a folder with articles/ and medical/)[/red]")
+        raise typer.Exit(2)
+    sources = [str(corpus / "articles")]
+    medical = corpus / "medical" / "metadata.jsonl"
+    if medical.exists():
+        sources.append(str(medical))
+    console.print(f"offline demo on {corpus} (no LLM endpoint, no network): ingest → A1 pixel checks")
+    result = _run(sources, out, None, {"shard_size": 4, "steps.ingest.field_map": "medcorpus" if medical.exists() else None}, workers, None)
+    print_funnel(result)
+    console.print(f"run directory: {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

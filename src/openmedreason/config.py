@@ -1,0 +1,59 @@
+"""Run configuration: one TOML file plus CLI flags, every default documented here.
+
+Example ``omr.toml``::
+
+    seed = 0
+    shard_size = 64          # source units (articles / packages / record chunks) per shard
+    batch_size = 256         # records per batch inside a shard (memory bound, resume granularity)
+    rows_per_unit = 2000     # rows of a JSONL/Parquet record file per source unit
+
+    [steps.ingest]
+    allow_license = ["unknown"]
+    field_map = "openpmc"
+
+    [steps.a1_pixels]
+    preset = "paper"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(default=0, description="seed for every random choice (image scope, option shuffles, splits)")
+    shard_size: int = Field(default=64, ge=1, description="source units per shard")
+    batch_size: int = Field(default=256, ge=1, description="records per batch within a shard")
+    units_per_batch: int = Field(default=4, ge=1, description="source units per ingest batch")
+    rows_per_unit: int = Field(default=2000, ge=1, description="rows of a record file per source unit")
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-step config, keyed by step name")
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+    def step_config(self, name: str) -> dict[str, Any]:
+        return dict(self.steps.get(name, {}))
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:  # "steps.ingest.allow_license"
+            head, step, field = key.split(".", 2)
+            data.setdefault(head, {}).setdefault(step, {})[field] = value
+        else:
+            data[key] = value
+    return RunConfig.model_validate(data)
