@@ -473,7 +473,7 @@ def _iter_parquet(path, start: int, stop: int | None, columns: list[str] | None)
         return
     if columns is not None:
         present = set(pf.schema_arrow.names)
-        columns = [c for c in dict.fromkeys(columns) if c in present]
+        columns = [c for c in dict.fromkeys(columns) if c in present] or None
     row = first_row or 0
     for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, row_groups=groups, columns=columns, use_threads=False):
         n = batch.num_rows
