@@ -109,9 +109,10 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
+def write_json_atomic(obj: Any, path: Path, sort_keys: bool = False) -> None:
+    """Atomic JSON write; key order is kept (the funnel lists steps in pipeline order)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str))
     os.replace(tmp, path)
 
 
