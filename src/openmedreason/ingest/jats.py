@@ -83,7 +83,8 @@ from lxml import etree
 
 from openmedreason.ingest.license import normalize_license
 from openmedreason.ingest.panels import mention_panels, split_caption, tail_letters
-from openmedreason.reasons import REASONS, reason
+from openmedreason.ingest import IMAGE_MISSING
+from openmedreason.reasons import reason
 from openmedreason.records import CitingParagraph, Panel
 from openmedreason.run.steps import Rejected
 
@@ -99,16 +100,11 @@ __all__ = [
     "ImageIndex",
 ]
 
+
 XML_ERROR = reason(
     "ingest.xml_error", "the article XML could not be read: missing, malformed, over the size limit or not a JATS article"
 )
 NO_FIGURES = reason("ingest.no_figures", "the article has no <fig> with which to make a panel")
-#: shared with :mod:`openmedreason.ingest.records_source`, which registers the same text
-IMAGE_MISSING = (
-    "ingest.image_missing"
-    if "ingest.image_missing" in REASONS
-    else reason("ingest.image_missing", "the figure's image file could not be found")
-)
 
 DEFAULT_MAX_BYTES = 256 << 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp")

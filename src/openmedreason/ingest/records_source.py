@@ -60,6 +60,7 @@ from typing import Any, Iterator, NamedTuple
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from openmedreason.ingest.license import normalize_license
+from openmedreason.ingest import IMAGE_MISSING
 from openmedreason.reasons import reason
 from openmedreason.records import CitingParagraph, Panel
 from openmedreason.run.steps import Rejected
@@ -82,11 +83,11 @@ __all__ = [
     "ingest_records",
 ]
 
+
 RECORD_INVALID = reason(
     "ingest.record_invalid",
     "a record-file row is not a JSON object, lacks the mapped image field or has a field of the wrong type",
 )
-IMAGE_MISSING = reason("ingest.image_missing", "the figure's image file could not be found")
 
 SOURCE_KIND = "records"
 DEFAULT_ROWS_PER_UNIT = 2000
