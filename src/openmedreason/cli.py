@@ -167,11 +167,17 @@ def funnel(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
 
 
 @app.command()
-def reasons(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def reasons(
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print docs/reasons.md."),
+) -> None:
     """List every reject-reason code with its meaning."""
-    from openmedreason.reasons import REASONS, load_all
+    from openmedreason.reasons import REASONS, load_all, reasons_markdown
 
     load_all()
+    if markdown:
+        print(reasons_markdown(), end="")
+        return
     if as_json:
         print(json.dumps(REASONS, indent=2, sort_keys=True))
         return
