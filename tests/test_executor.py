@@ -15,7 +15,7 @@ import pytest
 
 from openmedreason.run.executor import Shard, execute, step_outputs
 from openmedreason.run.store import iter_rejected
-from toy_steps import DropOdd, Gen, Num
+from toy_steps import DropOdd, Gen, Num, OddConfig
 
 HERE = Path(__file__).parent
 
@@ -150,3 +150,70 @@ def test_kill_and_resume_gives_identical_output(tmp_path):
     ids = kept_ids(killed, "drop_odd")
     assert len(ids) == len(set(ids))
     assert not list(killed.rglob("*.tmp"))
+
+
+class StopAfter(DropOdd):
+    """Raises StopRun (as the LLM budget does) once the calls file has ``limit`` lines."""
+
+    name = "stop_after"
+
+    def process(self, batch):
+        from openmedreason.run.steps import StopRun
+
+        calls = Path(self.config.calls_file)
+        n = len(calls.read_text().splitlines()) if calls.exists() else 0
+        if n >= 3 and not Path(str(calls) + ".go").exists():
+            raise StopRun("budget reached (toy)")
+        return super().process(batch)
+
+
+def test_stop_run_keeps_finished_work_and_resumes(tmp_path):
+    from openmedreason.run.steps import StopRun
+
+    calls = tmp_path / "calls.txt"
+    step = StopAfter({"calls_file": str(calls)})
+    with pytest.raises(StopRun) as info:
+        execute(tmp_path / "run", [Gen(), step], shards(20, 5), batch_size=4)
+    partial = info.value.funnel
+    assert partial["steps"]["stop_after"]["shards_done"] < 4
+    Path(str(calls) + ".go").touch()
+    full = execute(tmp_path / "run", [Gen(), step], shards(20, 5), batch_size=4)
+    clean = execute(tmp_path / "clean", [Gen(), DropOdd()], shards(20, 5), batch_size=4)
+    assert full["steps"]["stop_after"] == clean["steps"]["drop_odd"]
+    # every batch was processed exactly once over the stopped run and its resume
+    assert len(calls.read_text().splitlines()) == clean_batches(tmp_path / "clean")
+
+
+def clean_batches(root: Path) -> int:
+    return len(list((root / "drop_odd" / "_markers").glob("*-*.json")))
+
+
+class FlagConfig(OddConfig):
+    flag: str = ""
+
+
+class WaitOnShard(DropOdd):
+    name = "wait_on_shard"
+    Config = FlagConfig
+
+    def process(self, batch):
+        from openmedreason.run.steps import Pending
+
+        if any(r.value // 10 == 7 for r in batch) and not Path(self.config.flag).exists():
+            raise Pending("waiting for a remote batch (toy)")
+        return super().process(batch)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pending_shard_lets_others_finish(tmp_path, workers):
+    from openmedreason.run.steps import Pending
+
+    flag = tmp_path / "ready"
+    step = WaitOnShard({"flag": str(flag)})
+    with pytest.raises(Pending) as info:
+        execute(tmp_path / "run", [Gen(), step], shards(20, 5), batch_size=4, workers=workers)
+    assert info.value.shards == [1]  # number 7 lives in shard 1 (6..10)
+    assert info.value.funnel["steps"]["wait_on_shard"]["shards_done"] == 3
+    flag.touch()
+    res = execute(tmp_path / "run", [Gen(), step], shards(20, 5), batch_size=4, workers=workers)
+    assert res["steps"]["wait_on_shard"]["shards_done"] == 4

@@ -68,6 +68,7 @@ def _run(sources: list[str], out: Path, config_path: Optional[Path], overrides: 
     from openmedreason.config import load_config
     from openmedreason.ingest.sources import SourceError
     from openmedreason.run import pipeline
+    from openmedreason.run.steps import RunIncomplete
 
     try:
         config = load_config(config_path, overrides)
@@ -91,6 +92,14 @@ def _run(sources: list[str], out: Path, config_path: Optional[Path], overrides: 
         except (SourceError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2)
+        except RunIncomplete as exc:
+            progress.stop()
+            console.print(f"[yellow]run not complete:[/yellow] {exc}")
+            console.print("finished work is kept; rerun the same command to resume.")
+            partial = getattr(exc, "funnel", None)
+            if partial:
+                print_funnel(partial)
+            raise typer.Exit(3)
     return result
 
 
@@ -185,6 +194,53 @@ def reasons(
     for code in sorted(REASONS):
         table.add_row(code, REASONS[code])
     out_console.print(table)
+
+
+cache_app = typer.Typer(help="Inspect or clear the LLM response cache of a run (RUN/_llm/cache.sqlite) or a shared cache file.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _cache_path(target: Path) -> Path:
+    path = target / "_llm" / "cache.sqlite" if target.is_dir() else target
+    if not path.exists():
+        console.print(f"[red]no LLM cache at {path}[/red]")
+        raise typer.Exit(2)
+    return path
+
+
+@cache_app.command("stats")
+def cache_stats_cmd(
+    target: Path = typer.Argument(..., help="Run directory or cache file."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Entries, calls saved, tokens and cost recorded, per step and model."""
+    from openmedreason.llm.cache import cache_stats
+
+    stats = cache_stats(_cache_path(target))
+    print(json.dumps(stats, indent=2, sort_keys=True, default=str) if as_json else _pretty(stats))
+
+
+def _pretty(obj: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        return "\n".join(
+            f"{pad}{k}:\n{_pretty(v, indent + 1)}" if isinstance(v, (dict, list)) else f"{pad}{k}: {v}" for k, v in obj.items()
+        )
+    if isinstance(obj, list):
+        return "\n".join(_pretty(v, indent) for v in obj)
+    return f"{pad}{obj}"
+
+
+@cache_app.command("clear")
+def cache_clear_cmd(
+    target: Path = typer.Argument(..., help="Run directory or cache file."),
+    step: Optional[str] = typer.Option(None, help="Only this step's entries."),
+) -> None:
+    """Delete cached replies (all, or one step's): the next run pays for them again."""
+    from openmedreason.llm.cache import cache_clear
+
+    n = cache_clear(_cache_path(target), step=step)
+    out_console.print(f"removed {n} cached entr{'y' if n == 1 else 'ies'}")
 
 
 def default_corpus() -> Path | None:

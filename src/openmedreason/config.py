@@ -35,6 +35,10 @@ class RunConfig(BaseModel):
     units_per_batch: int = Field(default=4, ge=1, description="source units per ingest batch")
     rows_per_unit: int = Field(default=2000, ge=1, description="rows of a record file per source unit")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-step config, keyed by step name")
+    llm: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="LLM endpoints: [llm.default] and [llm.<step>] sections (docs/llm.md); never an API key",
+    )
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

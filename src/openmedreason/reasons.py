@@ -44,6 +44,7 @@ def load_all() -> None:
         "openmedreason.ingest.oa_package",
         "openmedreason.ingest.records_source",
         "openmedreason.quality.pixels",
+        "openmedreason.llm.types",
     ):
         importlib.import_module(mod)
 

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from openmedreason.reasons import reason
 from openmedreason.records import Record
-from openmedreason.run.steps import Rejected, Step, StepResult
+from openmedreason.run.steps import Pending, Rejected, RunIncomplete, Step, StepResult, StopRun
 from openmedreason.run.store import (
     iter_records,
     records_table,
@@ -300,11 +300,26 @@ def execute(
     first_batch: int = 4,
     on_shard_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``steps`` over ``shards`` in-process (workers=1) or in a process pool; return the funnel."""
+    """Run ``steps`` over ``shards`` in-process (workers=1) or in a process pool; return the funnel.
+
+    A step may end the run early: :class:`StopRun` (e.g. budget reached) stops scheduling and is
+    re-raised once running shards have ended; :class:`Pending` leaves that shard unfinished while
+    the others go on, and a :class:`Pending` naming the waiting shards is raised at the end. In
+    both cases every finished batch is kept and rerunning resumes.
+    """
     prepare_run_dir(root, steps, len(shards))
+    pending: list[int] = []
+    stop: StopRun | None = None
     if workers <= 1:
         for shard in shards:
-            run_shard(root, steps, shard, batch_size, first_batch)
+            try:
+                run_shard(root, steps, shard, batch_size, first_batch)
+            except Pending:
+                pending.append(shard.index)
+                continue
+            except StopRun as exc:
+                stop = exc
+                break
             if on_shard_done:
                 on_shard_done(shard.index)
     else:
@@ -313,10 +328,31 @@ def execute(
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(run_shard, root, steps, s, batch_size, first_batch): s.index for s in shards}
             for fut in cf.as_completed(futures):
-                fut.result()
+                try:
+                    fut.result()
+                except Pending:
+                    pending.append(futures[fut])
+                    continue
+                except StopRun as exc:
+                    if stop is None:
+                        stop = exc
+                        for other in futures:
+                            other.cancel()
+                    continue
+                except cf.CancelledError:
+                    continue
                 if on_shard_done:
                     on_shard_done(futures[fut])
-    return funnel(root, steps, len(shards))
+    result = funnel(root, steps, len(shards))
+    if stop is not None:
+        stop.funnel = result  # type: ignore[attr-defined]
+        raise stop
+    if pending:
+        exc = Pending(f"{len(pending)} shard(s) wait for remote work (e.g. Batch API jobs); rerun later to collect them")
+        exc.shards = sorted(pending)  # type: ignore[attr-defined]
+        exc.funnel = result  # type: ignore[attr-defined]
+        raise exc
+    return result
 
 
 def step_outputs(root: Path, step_name: str, kind: str = "kept") -> list[Path]:

@@ -15,7 +15,7 @@ from openmedreason.config import RunConfig
 from openmedreason.ingest.sources import SourceUnit, plan_sources, units_fingerprint
 from openmedreason.ingest.step import Ingest
 from openmedreason.run.executor import Shard, chain_fingerprints, execute
-from openmedreason.run.steps import Step
+from openmedreason.run.steps import Pending, RunIncomplete, Step
 from openmedreason.run.store import write_json_atomic
 
 #: Step names in pipeline order; later issues append A2 → C2.
@@ -92,19 +92,37 @@ def run(
         "status": "running",
     }
     write_json_atomic(manifest, out / "manifest.json")
-    result = execute(
-        out,
-        steps,
-        shards,
-        workers=workers,
-        batch_size=config.batch_size,
-        first_batch=config.units_per_batch,
-        on_shard_done=on_shard_done,
-    )
-    write_json_atomic(result, out / "funnel.json")
+    try:
+        result = execute(
+            out,
+            steps,
+            shards,
+            workers=workers,
+            batch_size=config.batch_size,
+            first_batch=config.units_per_batch,
+            on_shard_done=on_shard_done,
+        )
+    except RunIncomplete as exc:
+        # keep what finished, say why the run is not complete; rerunning resumes
+        partial = getattr(exc, "funnel", None)
+        if partial is not None:
+            write_json_atomic({**partial, "complete": False}, out / "funnel.json")
+        status = "pending" if isinstance(exc, Pending) else "stopped"
+        manifest.update(finished=_now(), status=status, stop_reason=str(exc), seconds=round(time.time() - started, 3))
+        _finish(out, manifest)
+        raise
+    write_json_atomic({**result, "complete": True}, out / "funnel.json")
     manifest.update(finished=_now(), status="complete", seconds=round(time.time() - started, 3))
-    write_json_atomic(manifest, out / "manifest.json")
+    _finish(out, manifest)
     return result
+
+
+def _finish(out: Path, manifest: dict[str, Any]) -> None:
+    if (out / "_llm").is_dir():
+        from openmedreason.llm.budget import write_usage_summary
+
+        write_usage_summary(out)
+    write_json_atomic(manifest, out / "manifest.json")
 
 
 def load_funnel(run_dir: Path) -> dict[str, Any]:

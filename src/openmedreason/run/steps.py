@@ -21,6 +21,20 @@ In = TypeVar("In")
 Out = TypeVar("Out", bound=Record)
 
 
+class RunIncomplete(Exception):
+    """Base of the exceptions a step raises to end a run early without losing work: finished
+    batches and shards are kept, and rerunning the same command resumes."""
+
+
+class StopRun(RunIncomplete):
+    """Stop the whole run now (e.g. the ``--max-cost`` budget is reached)."""
+
+
+class Pending(RunIncomplete):
+    """This shard cannot finish yet (e.g. its requests wait in a remote Batch API job); the
+    executor goes on with the other shards and reports the run as pending."""
+
+
 @dataclass
 class Rejected:
     """A record a step did not keep. The record keeps all its fields so it can be re-admitted."""

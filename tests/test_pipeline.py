@@ -1,0 +1,136 @@
+"""The whole spine on the real bundled corpus: CLI, funnel, manifest, resume, kill, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from openmedreason.cli import app
+from openmedreason.config import RunConfig
+from openmedreason.run import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTICLES = ROOT / "examples" / "corpus" / "articles"
+MEDICAL = ROOT / "examples" / "corpus" / "medical" / "metadata.jsonl"
+SMALL = [ARTICLES / "elife-43154", ARTICLES / "pone.0178565", ARTICLES / "bjmbr-2004-37-04-459", ARTICLES / "elife-19405"]
+
+
+def rows(run: Path, step: str, kind: str) -> list[dict]:
+    out = []
+    for p in sorted((run / step).glob(f"{kind}-*.parquet")):
+        out += pq.read_table(p).to_pylist()
+    return sorted(out, key=lambda r: r["id"])
+
+
+def check_funnel(fun: dict) -> None:
+    prev_kept = None
+    for name, s in fun["steps"].items():
+        assert s["in"] == s["kept"] + sum(s["rejected"].values()), name
+        if prev_kept is not None:
+            assert s["in"] == prev_kept, name
+        prev_kept = s["kept"]
+
+
+def test_demo_command_runs_offline(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    fun = json.loads((tmp_path / "demo" / "funnel.json").read_text())
+    check_funnel(fun)
+    assert fun["steps"]["ingest"]["kept"] > 60  # 10 articles (60 figures, some compound) + 19 medical images
+    assert fun["steps"]["a1_pixels"]["kept"] > 30
+    assert "a1.too_small" in fun["steps"]["a1_pixels"]["rejected"]  # microaneurysms.png is 102x102
+    man = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["version"] and man["config_hash"]
+    assert [s["name"] for s in man["steps"]] == ["ingest", "a1_pixels"]
+    # the licence travels with every record
+    assert all(r["license"] in ("cc-by", "cc0", "cc-by-sa", "public-domain") for r in rows(tmp_path / "demo", "a1_pixels", "kept"))
+
+
+def test_ingest_command_writes_panels(tmp_path):
+    res = CliRunner().invoke(app, ["ingest", str(ARTICLES / "elife-43154"), "--out", str(tmp_path / "ing")])
+    assert res.exit_code == 0, res.output
+    kept = rows(tmp_path / "ing", "ingest", "kept")
+    assert kept and {"pmcid", "doi", "license", "figure_id", "caption", "citing_paragraphs", "image_path"} <= set(kept[0])
+    assert not (tmp_path / "ing" / "a1_pixels").exists()
+
+
+def test_bad_source_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "source not found" in res.output
+
+
+def test_workers_and_rerun_give_the_same_result(tmp_path):
+    cfg = RunConfig(shard_size=1)
+    a = pipeline.run(SMALL, tmp_path / "a", cfg)
+    b = pipeline.run(SMALL, tmp_path / "b", cfg, workers=2)
+    assert a == b
+    for step in ("ingest", "a1_pixels"):
+        for kind in ("kept", "rejected"):
+            assert rows(tmp_path / "a", step, kind) == rows(tmp_path / "b", step, kind)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.parquet")}
+    assert pipeline.run(SMALL, tmp_path / "a", cfg) == a
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.parquet")} == before
+
+
+def test_changed_a1_config_recomputes_only_a1(tmp_path):
+    run = tmp_path / "r"
+    pipeline.run(SMALL, run, RunConfig(shard_size=2))
+    ingest_parts = {p: p.stat().st_mtime_ns for p in (run / "ingest").glob("*.parquet")}
+    res = pipeline.run(SMALL, run, RunConfig(shard_size=2, steps={"a1_pixels": {"preset": "paper"}}))
+    assert {p: p.stat().st_mtime_ns for p in (run / "ingest").glob("*.parquet")} == ingest_parts
+    check_funnel(res)
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["steps"][1]["config"]["preset"] == "paper"
+
+
+def test_kill_and_resume_on_real_corpus(tmp_path):
+    sources = [str(ARTICLES), str(MEDICAL)]
+    clean = tmp_path / "clean"
+    cmd = [sys.executable, "-m", "openmedreason.cli", "run", *sources, "--shard-size", "1", "--field-map", "medcorpus"]
+    subprocess.run([*cmd, "--out", str(clean)], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    for wait in (2, 5):
+        proc = subprocess.Popen([*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            markers = list((killed / "a1_pixels" / "_markers").glob("*.done.json")) if killed.exists() else []
+            if len(markers) >= wait:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run([*cmd, "--out", str(killed)], check=True, capture_output=True)
+    assert json.loads((killed / "funnel.json").read_text()) == json.loads((clean / "funnel.json").read_text())
+    for step in ("ingest", "a1_pixels"):
+        for kind in ("kept", "rejected"):
+            a, b = rows(killed, step, kind), rows(clean, step, kind)
+            assert [r["id"] for r in a] == [r["id"] for r in b]
+            assert len({r["id"] for r in a}) == len(a)
+
+
+def test_cache_commands(tmp_path):
+    from openmedreason.llm.cache import LLMCache
+
+    run = tmp_path / "run"
+    cache = LLMCache(run / "_llm" / "cache.sqlite")
+    for i, step in enumerate(["a2_text", "a2_text", "b2_mcq"]):
+        cache.put(f"k{i}", {"text": "scripted"}, step=step, template=step, model="m", prompt_tokens=10,
+                  completion_tokens=5, cost_usd=0.001)
+    cache.flush()
+    res = CliRunner().invoke(app, ["cache", "stats", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["entries"] == 3
+    res = CliRunner().invoke(app, ["cache", "clear", str(run), "--step", "a2_text"])
+    assert res.exit_code == 0 and "removed 2" in res.output
+    res = CliRunner().invoke(app, ["cache", "stats", str(tmp_path / "nothing")])
+    assert res.exit_code == 2
