@@ -134,3 +134,37 @@ def test_cache_commands(tmp_path):
     assert res.exit_code == 0 and "removed 2" in res.output
     res = CliRunner().invoke(app, ["cache", "stats", str(tmp_path / "nothing")])
     assert res.exit_code == 2
+
+
+def test_dry_run_estimates_llm_steps_without_calls(tmp_path, monkeypatch):
+    """A toy LLM step (no endpoint exists here) estimates from the panels reaching it."""
+    from openmedreason.llm import LLMConfig, estimate
+    from openmedreason.records import Panel
+    from openmedreason.run.steps import Step
+
+    class ToyLLM(Step):
+        name = "toy_llm"
+        version = "1"
+        output = Panel
+        uses_llm = True
+
+        def estimate(self, sample, total):
+            cfg = LLMConfig(model="m", price_input_per_mtok=1.0, price_output_per_mtok=4.0)
+            chars = sum(len(p.caption) for p in sample) / max(len(sample), 1)
+            return estimate(cfg, n_calls=total, avg_prompt_chars=chars, images_per_call=1).as_dict()
+
+        def process(self, batch):  # pragma: no cover - a dry run must never call it
+            raise AssertionError("dry run processed records")
+
+    real = pipeline.build_steps
+
+    def with_llm(config, run_dir, upto=None, ctx=None):
+        steps = real(config, run_dir, upto, ctx)
+        return steps if upto else [*steps, ToyLLM().bind(steps[0].ctx)]
+
+    monkeypatch.setattr(pipeline, "build_steps", with_llm)
+    report = pipeline.dry_run(SMALL, tmp_path / "r", RunConfig())
+    kept = report["free_steps"]["a1_pixels"]["kept"]
+    est = report["llm_steps"]["toy_llm"]
+    assert kept > 0 and est["calls"] == kept and est["cost_usd"] > 0
+    assert not (tmp_path / "r" / "toy_llm").exists()

@@ -64,7 +64,15 @@ def _overrides(
     return ov
 
 
-def _run(sources: list[str], out: Path, config_path: Optional[Path], overrides: dict[str, Any], workers: int, upto: str | None) -> dict[str, Any]:
+def _run(
+    sources: list[str],
+    out: Path,
+    config_path: Optional[Path],
+    overrides: dict[str, Any],
+    workers: int,
+    upto: str | None,
+    **run_kw: Any,
+) -> dict[str, Any]:
     from openmedreason.config import load_config
     from openmedreason.ingest.sources import SourceError
     from openmedreason.run import pipeline
@@ -86,6 +94,7 @@ def _run(sources: list[str], out: Path, config_path: Optional[Path], overrides: 
                 config,
                 workers=workers,
                 upto=upto,
+                **run_kw,
                 on_plan=lambda n: progress.update(task, total=n),
                 on_shard_done=lambda _i: progress.advance(task),
             )
@@ -119,9 +128,30 @@ def run(
     allow_license: Optional[str] = typer.Option(None, help=ALLOW_HELP),
     field_map: Optional[str] = typer.Option(None, help=FIELD_MAP_HELP),
     a1_preset: Optional[str] = typer.Option(None, help="A1 pixel-check preset: default or paper."),
+    max_cost: Optional[float] = typer.Option(
+        None, "--max-cost", help="Stop cleanly once LLM spend for this run directory would pass USD (resumable)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the LLM response cache."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Run the free steps, then estimate LLM calls, tokens and cost without a paid call."
+    ),
 ) -> None:
     """Run the pipeline (ingest → A1 pixel checks) over SOURCES into a resumable run directory."""
-    result = _run(sources, out, config, _overrides(seed, shard_size, allow_license, field_map, a1_preset), workers, None)
+    ov = _overrides(seed, shard_size, allow_license, field_map, a1_preset)
+    if dry_run:
+        from openmedreason.config import load_config
+        from openmedreason.run.pipeline import dry_run as plan
+
+        try:
+            report = plan(sources, out, load_config(config, ov), workers=workers)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+        print(json.dumps(report, indent=2, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+        if not report["llm_steps"]:
+            console.print("no LLM step in this pipeline: 0 calls, 0 tokens, $0.")
+        return
+    result = _run(sources, out, config, ov, workers, None, max_cost_usd=max_cost, no_cache=no_cache)
     print_funnel(result)
     console.print(f"run directory: {out}  (funnel.json, manifest.json, <step>/kept-*.parquet, <step>/rejected-*.parquet)")
 

@@ -224,6 +224,14 @@ def _dedupe(result: StepResult, seen: set[str]) -> StepResult:
 
 def run_shard(root: Path, steps: Sequence[Step], shard: Shard, batch_size: int, first_batch: int) -> list[dict]:
     """Run one shard through every step in order; returns each step's shard counts."""
+    try:
+        return _run_shard(root, steps, shard, batch_size, first_batch)
+    finally:
+        for step in steps:
+            step.close()
+
+
+def _run_shard(root: Path, steps: Sequence[Step], shard: Shard, batch_size: int, first_batch: int) -> list[dict]:
     chain = chain_fingerprints(steps)
     results = []
     upstream_fp = shard.fingerprint

@@ -15,14 +15,14 @@ from openmedreason.config import RunConfig
 from openmedreason.ingest.sources import SourceUnit, plan_sources, units_fingerprint
 from openmedreason.ingest.step import Ingest
 from openmedreason.run.executor import Shard, chain_fingerprints, execute
-from openmedreason.run.steps import Pending, RunIncomplete, Step
+from openmedreason.run.steps import Pending, RunContext, RunIncomplete, Step
 from openmedreason.run.store import write_json_atomic
 
 #: Step names in pipeline order; later issues append A2 → C2.
 PIPELINE = ("ingest", "a1_pixels")
 
 
-def build_steps(config: RunConfig, run_dir: Path, upto: str | None = None) -> list[Step]:
+def build_steps(config: RunConfig, run_dir: Path, upto: str | None = None, ctx: RunContext | None = None) -> list[Step]:
     from openmedreason.quality.pixels import A1Pixels
 
     factories: dict[str, Callable[[dict[str, Any]], Step]] = {
@@ -32,9 +32,10 @@ def build_steps(config: RunConfig, run_dir: Path, upto: str | None = None) -> li
     unknown = set(config.steps) - set(factories)
     if unknown:
         raise ValueError(f"config names unknown step(s): {sorted(unknown)}; known: {list(factories)}")
+    ctx = ctx or RunContext(run_dir=run_dir, llm=config.llm)
     steps = []
     for name in PIPELINE:
-        steps.append(factories[name](config.step_config(name)))
+        steps.append(factories[name](config.step_config(name)).bind(ctx))
         if name == upto:
             break
     return steps
@@ -59,6 +60,8 @@ def run(
     *,
     workers: int = 1,
     upto: str | None = None,
+    max_cost_usd: float | None = None,
+    no_cache: bool = False,
     on_plan: Callable[[int], None] | None = None,
     on_shard_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -68,7 +71,8 @@ def run(
     started = time.time()
     units = plan_sources(sources, rows_per_unit=config.rows_per_unit)
     shards = plan_shards(units, config.shard_size)
-    steps = build_steps(config, out, upto)
+    ctx = RunContext(run_dir=out, llm=config.llm, max_cost_usd=max_cost_usd, no_cache=no_cache, workers=workers)
+    steps = build_steps(config, out, upto, ctx)
     if on_plan:
         on_plan(len(shards))
     manifest: dict[str, Any] = {
@@ -83,6 +87,8 @@ def run(
         "config": config.model_dump(mode="json"),
         "config_hash": config.config_hash(),
         "seed": config.seed,
+        "max_cost_usd": max_cost_usd,
+        "no_cache": no_cache,
         "steps": [
             {"name": s.name, "version": s.version, "config": s.config.model_dump(mode="json"), "fingerprint": fp}
             for s, fp in zip(steps, chain_fingerprints(steps))
@@ -127,3 +133,39 @@ def _finish(out: Path, manifest: dict[str, Any]) -> None:
 
 def load_funnel(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "funnel.json").read_text())
+
+
+def dry_run(sources: Sequence[str | Path], out: Path, config: RunConfig, *, workers: int = 1) -> dict[str, Any]:
+    """Plan the run and estimate its LLM spend without a paid call.
+
+    The steps before the first LLM step cost nothing (parsing, pixel checks), so they run for real
+    (their output is reused by the real run); each LLM step then estimates its calls, tokens and
+    cost from a sample of the records that would reach it.
+    """
+    out = Path(out)
+    steps = build_steps(config, out)
+    free = []
+    for step in steps:
+        if step.uses_llm:
+            break
+        free.append(step.name)
+    units = plan_sources(sources, rows_per_unit=config.rows_per_unit)
+    report: dict[str, Any] = {"source_units": len(units), "shards": len(plan_shards(units, config.shard_size))}
+    result = run(sources, out, config, workers=workers, upto=free[-1] if free else None) if free else None
+    report["free_steps"] = result["steps"] if result else {}
+    llm_steps = [s for s in steps if s.uses_llm]
+    report["llm_steps"] = {}
+    if llm_steps and result:
+        from openmedreason.run.store import iter_records
+
+        last = steps[len(free) - 1]
+        total = result["steps"][last.name]["kept"]
+        parts = sorted((out / last.name).glob("kept-*.parquet"))
+        sample = []
+        for rec in iter_records(parts, last.output):
+            sample.append(rec)
+            if len(sample) >= 200:
+                break
+        for step in llm_steps:
+            report["llm_steps"][step.name] = step.estimate(sample, total)
+    return report

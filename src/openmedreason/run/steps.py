@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -60,6 +61,19 @@ class StepResult(Generic[Out]):
         self.rejected.extend(other.rejected)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a step may need about the run it is part of, outside its config: none of this
+    changes a step's output, so none of it enters the step's fingerprint (raising --max-cost or
+    turning the cache off must not wipe finished work)."""
+
+    run_dir: Path
+    llm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_cost_usd: float | None = None
+    no_cache: bool = False
+    workers: int = 1
+
+
 class StepConfig(BaseModel):
     """Base for step configs: frozen, no unknown keys (a typo in a config file is an error)."""
 
@@ -78,6 +92,8 @@ class Step(Generic[In, Out]):
     Config: ClassVar[type[StepConfig]] = StepConfig
     output: ClassVar[type[Record]]
     one_to_one: ClassVar[bool] = True
+    #: True for steps that call an LLM (they implement :meth:`estimate` for ``--dry-run``)
+    uses_llm: ClassVar[bool] = False
 
     def __init__(self, config: StepConfig | dict[str, Any] | None = None) -> None:
         if config is None:
@@ -85,6 +101,19 @@ class Step(Generic[In, Out]):
         elif isinstance(config, dict):
             config = self.Config(**config)
         self.config = config
+        self.ctx: RunContext | None = None
+
+    def bind(self, ctx: RunContext) -> "Step[In, Out]":
+        """Attach the run context (run directory, LLM sections, budget) before execution."""
+        self.ctx = ctx
+        return self
+
+    def close(self) -> None:
+        """Release what the step opened in this process (the executor calls it after each shard)."""
+
+    def estimate(self, sample: Sequence[In], total: int) -> Any:  # pragma: no cover - LLM steps override
+        """For ``--dry-run``: calls, tokens and cost for ``total`` input records, from a sample."""
+        return None
 
     def process(self, batch: Sequence[In]) -> StepResult[Out]:  # pragma: no cover - abstract
         raise NotImplementedError
