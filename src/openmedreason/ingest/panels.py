@@ -38,6 +38,7 @@ import re
 
 __all__ = ["split_caption", "mention_panels", "expand_letters", "tail_letters", "figure_number"]
 
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _DASH = "\\-\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
 _L = r"[A-Za-z]"
 _ONE = rf"{_L}(?![A-Za-z0-9])"  # a single letter, not the start of a word or "B12"
@@ -48,10 +49,18 @@ _SEP = r"\s*(?:,\s*(?:and\s+)?|&|\band\b|\bor\b)\s*"
 _PAREN = re.compile(rf"\(\s*({_RANGE}(?:{_SEP}{_RANGE})*)\s*\)")
 # bare "A," / "A:" / "A–C," label (upper case only)
 _BARE = re.compile(rf"([A-Z](?:\s*[{_DASH}]\s*[A-Z])?)\s*([,:.])(?=\s)")
+# necessary conditions for a bare label whose letters include A ("A, …", "A–C: …", "C–A, …"):
+# an "A" followed by punctuation or a dash, or a dash followed by "A" and punctuation
+_BARE_A1 = re.compile(rf"A\s*[,:.{_DASH}]")
+_BARE_A2 = re.compile(rf"[{_DASH}]\s*A\s*[,:.]")
 _BARE_PREV_WORDS = frozenset({"of", "and", "in", "for", "with", "on", "to", "from", "at", "by", "or"})
 _LETTER_RUN = re.compile(rf"{_RANGE}(?:{_SEP}{_RANGE})*")
 _ONE_LETTER = re.compile(rf"(?<![A-Za-z])({_L})(?![A-Za-z])(?:\s*[{_DASH}]\s*({_L})(?![A-Za-z]))?")
-_TRAILING_NEXT = re.compile(r"\s*(?:$|[.,;:)\]]|(?:and|or)\b)")
+_TRAILING_NEXT_RE = r"\s*(?:$|[.,;:)\]]|(?:and|or)\b)"
+_TRAILING_NEXT = re.compile(_TRAILING_NEXT_RE)
+# _PAREN, plus group 2 (set, possibly empty, when _TRAILING_NEXT matches right after the label):
+# one scan instead of a second match per label
+_PAREN_NEXT = re.compile(rf"{_PAREN.pattern}(?=({_TRAILING_NEXT_RE})?)")
 _SENTENCE_END = re.compile(r"[.;:!?]\s")
 
 # a figure number with the letters glued to it: "2B", "2B–D", "5a,b", "8b and c", "2a, b, c and d"
@@ -66,6 +75,8 @@ _DIGIT_LETTER = re.compile(r"\d[ \u00a0]?[A-Za-z]")
 
 def expand_letters(run: str) -> list[str]:
     """``"A–C, E"`` → ``[A, B, C, E]`` (upper case, order kept, no duplicates, ranges ≤ 26)."""
+    if len(run) == 1:  # the common single letter, without the regex scan
+        return [run.upper()] if run in _ASCII_LETTERS else []
     out: list[str] = []
     first_case: bool | None = None
     for m in _ONE_LETTER.finditer(run):
@@ -108,7 +119,7 @@ def mention_panels(text: str, figure: str | None = None) -> list[str]:
         return []
     text = text.strip()
     if not _DIGIT_LETTER.search(text):
-        if any(ch.isdigit() for ch in text):
+        if any(map(str.isdigit, text)):
             return []  # "Fig. 2", "Figure 2—figure supplement 1": no letter glued to a number
         m = _LETTER_RUN.fullmatch(text)  # a bare "B" or "B–D" xref
         return expand_letters(m.group(0)) if m else []
@@ -170,14 +181,28 @@ def _bare_ok(text: str, m: re.Match[str]) -> bool:
 
 def _paren_candidates(text: str) -> list[_Label]:
     found: list[_Label] = []
-    for m in _PAREN.finditer(text):
-        run = m.group(1)
-        letters = [run.upper()] if len(run) == 1 else expand_letters(run)
-        if not letters:
-            continue
-        leading = not _TRAILING_NEXT.match(text, m.end())
-        found.append(_Label(m.start(), m.end(), letters, run[0].isupper(), leading, False))
+    for m in _PAREN_NEXT.finditer(text):
+        run, after = m.group(1, 2)
+        if len(run) == 1:
+            letters = [run.upper()]
+        else:
+            letters = expand_letters(run)
+            if not letters:
+                continue
+        start, end = m.span()
+        found.append(_Label(start, end, letters, run[0].isupper(), after is None, False))
     return found
+
+
+def _may_have_bare_a(text: str) -> bool:
+    """False only when no bare label of :func:`_bare_candidates` can name A: every such label
+    starts at a letter that is not glued to the word before it and is followed by punctuation
+    or a dash; its letters include A only if it starts with "A" or ends with "–A"."""
+    for m in _BARE_A1.finditer(text):
+        s0 = m.start()
+        if not s0 or not (text[s0 - 1].isalnum() or text[s0 - 1] in ".-\u2013\u2014/_"):
+            return True
+    return _BARE_A2.search(text) is not None
 
 
 def _bare_candidates(text: str, taken: list[_Label]) -> list[_Label]:
@@ -246,7 +271,11 @@ def split_caption(caption: str | None) -> list[tuple[str, str]]:
     paren = _paren_candidates(text)
     found = _pick_chain(paren)
     if found is None:
-        # no parenthesised labels: look for bare "A, …" labels (the scan costs more, so only now)
+        # no parenthesised labels: look for bare "A, …" labels (the scan costs more, so only now).
+        # A chain must start at a label naming A; when no parenthesised label does and no bare
+        # label could (two cheap searches), the full scan cannot find a chain
+        if not any(c.lo == 0 for c in paren) and not _may_have_bare_a(text):
+            return []
         cands = sorted(paren + _bare_candidates(text, paren), key=lambda c: c.start)
         found = _pick_chain(cands)
         if found is None:
