@@ -30,6 +30,18 @@ class CitingParagraph(BaseModel):
     section: str | None = Field(default=None, description="title of the enclosing section, when known")
 
 
+class Provenance(BaseModel):
+    """Who produced a field: the step, the engine (offline or llm) and, for LLM output, the model
+    id as the server reported it, the prompt template ``name@version`` and the cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: str
+    engine: str = Field(description="offline | llm")
+    model: str | None = None
+    template: str | None = None
+    cache_key: str | None = None
+
+
 class Panel(Record):
     """One figure panel (or a whole figure when it has no panels) with its article metadata."""
 
@@ -71,3 +83,76 @@ class Panel(Record):
     # filled by A1 (pixel checks)
     image_width: int | None = None
     image_height: int | None = None
+
+    # filled by A2 (text usability and panel context selection)
+    context: str | None = Field(default=None, description="the citing text narrowed to this panel")
+    modality_group: str | None = Field(
+        default=None, description="Radiology | Microscopy | Visible light photography | Plots and Charts | Diagram"
+    )
+    modality: str | None = Field(default=None, description="secondary modality: CT, MRI, US, X-ray, histology, …")
+    provenance: list[Provenance] = Field(default_factory=list)
+
+    def all_context(self) -> str:
+        """Every citing paragraph of the figure, in article order (the full-figure context)."""
+        return "\n\n".join(p.text for p in self.citing_paragraphs)
+
+
+class Task(Record):
+    """B1 output: one panel assigned to one question category."""
+
+    kind: ClassVar[str] = "task"
+    panel: Panel
+    category: str = Field(description="taxonomy key, see openmedreason.taxonomy")
+    family: str
+    provenance: list[Provenance] = Field(default_factory=list)
+
+
+class Question(Record):
+    """B2 output: one multiple-choice question about a panel (or its whole figure)."""
+
+    kind: ClassVar[str] = "question"
+    panel: Panel
+    category: str
+    family: str
+    style: str = Field(description="short | long")
+    image_scope: str = Field(description="panel | full")
+    answer_format: str = Field(description="standard | normal_abnormal | yes_no | true_false")
+    stem: str
+    options: list[str]
+    answer: str = Field(description="letter of the correct option")
+    engine: str = Field(description="offline | llm")
+    provenance: list[Provenance] = Field(default_factory=list)
+
+    @property
+    def letters(self) -> str:
+        return "ABCDE"[: len(self.options)]
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[self.letters.index(self.answer)]
+
+    @property
+    def image_path(self) -> str | None:
+        return self.panel.full_image_path if self.image_scope == "full" else self.panel.image_path
+
+    def question_text(self) -> str:
+        """The released ``question`` column: the stem, then one ``X. option`` line per option."""
+        return self.stem + "\n" + "\n".join(f"{l}. {o}" for l, o in zip(self.letters, self.options))
+
+
+class Check(BaseModel):
+    """One verification verdict on a trace (C2)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    passed: bool
+    detail: str | None = None
+
+
+class Instance(Question):
+    """C1/C2 output: a question with its reasoning trace ``<think>…</think>\n<answer>X</answer>``."""
+
+    kind: ClassVar[str] = "instance"
+    draft: str | None = None
+    reasoning: str = ""
+    checks: list[Check] = Field(default_factory=list)
