@@ -51,7 +51,9 @@ def test_funnel_counts_and_rejects_keep_fields(tmp_path):
     res = execute(tmp_path, [Gen(), DropOdd()], shards(23, 5), batch_size=3, first_batch=2)
     gen, odd = res["steps"]["gen"], res["steps"]["drop_odd"]
     # 23 numbers x 2 copies; multiples of five (5,10,15,20) rejected
-    assert gen == {"in": 46, "kept": 38, "rejected": {"test.multiple_of_five": 8}, "shards_done": 5}
+    # fan-out: 23 numbers read, each becomes 2 records
+    assert gen == {"in": 46, "inputs": 23, "kept": 38, "rejected": {"test.multiple_of_five": 8}, "shards_done": 5}
+    assert odd["inputs"] == odd["in"]
     assert odd["in"] == gen["kept"]
     assert odd["in"] == odd["kept"] + sum(odd["rejected"].values())
     assert odd["rejected"] == {"test.odd": 19}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +35,11 @@ class RunConfig(BaseModel):
     batch_size: int = Field(default=256, ge=1, description="records per batch within a shard")
     units_per_batch: int = Field(default=4, ge=1, description="source units per ingest batch")
     rows_per_unit: int = Field(default=2000, ge=1, description="rows of a record file per source unit")
+    engine: Literal["auto", "offline", "llm"] = Field(
+        default="auto",
+        description="curation engine: llm (an OpenAI-compatible endpoint), offline (heuristics, no network), "
+        "or auto = llm when an endpoint is configured, else offline",
+    )
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-step config, keyed by step name")
     llm: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -45,6 +51,15 @@ class RunConfig(BaseModel):
 
     def step_config(self, name: str) -> dict[str, Any]:
         return dict(self.steps.get(name, {}))
+
+    def resolved_engine(self, env: Mapping[str, str] | None = None) -> str:
+        """``auto`` means llm when an endpoint is configured (env or ``[llm.default]``), else offline."""
+        if self.engine != "auto":
+            return self.engine
+        env = os.environ if env is None else env
+        default = self.llm.get("default", {})
+        configured = env.get("OMR_LLM_BASE_URL") or env.get("OMR_LLM_MODEL") or default.get("base_url") or default.get("model")
+        return "llm" if configured else "offline"
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

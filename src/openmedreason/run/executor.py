@@ -118,6 +118,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def _add_counts(totals: dict[str, Any], counts: dict[str, Any]) -> None:
     totals["in"] += counts["in"]
+    totals["inputs"] += counts.get("inputs", counts["in"])
     totals["kept"] += counts["kept"]
     rej: Counter = totals["rejected"]
     rej.update(counts["rejected"])
@@ -164,7 +165,7 @@ def run_step_on_shard(
         for f in sdir.shard_files(shard):
             f.unlink(missing_ok=True)
 
-    totals: dict[str, Any] = {"in": 0, "kept": 0, "rejected": Counter()}
+    totals: dict[str, Any] = {"in": 0, "inputs": 0, "kept": 0, "rejected": Counter()}
     seen: set[str] = set()
     n_batches = 0
     for b, batch in enumerate(batches):
@@ -189,6 +190,7 @@ def run_step_on_shard(
         counts = {
             "fingerprint": fingerprint,
             "in": n_in,
+            "inputs": len(batch),
             "kept": len(result.kept),
             "rejected": dict(Counter(r.reason for r in result.rejected)),
         }
@@ -198,6 +200,7 @@ def run_step_on_shard(
         "fingerprint": fingerprint,
         "batches": n_batches,
         "in": totals["in"],
+        "inputs": totals["inputs"],
         "kept": totals["kept"],
         "rejected": dict(sorted(totals["rejected"].items())),
     }
@@ -280,7 +283,7 @@ def funnel(root: Path, steps: Sequence[Step], n_shards: int) -> dict[str, Any]:
     out: dict[str, Any] = {"steps": {}, "shards": n_shards}
     for step in steps:
         sdir = StepDir(root, step)
-        totals: dict[str, Any] = {"in": 0, "kept": 0, "rejected": Counter()}
+        totals: dict[str, Any] = {"in": 0, "inputs": 0, "kept": 0, "rejected": Counter()}
         complete = 0
         for s in range(n_shards):
             m = _load(sdir.done_marker(s))
@@ -293,6 +296,8 @@ def funnel(root: Path, steps: Sequence[Step], n_shards: int) -> dict[str, Any]:
             "in": totals["in"],
             "kept": totals["kept"],
             "rejected": rejected,
+            # records (or source units, for the first step) read; differs from "in" for fan-out steps
+            "inputs": totals["inputs"],
             "shards_done": complete,
         }
     return out
