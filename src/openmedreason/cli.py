@@ -206,6 +206,18 @@ def funnel(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
 
 
 @app.command()
+def report(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Write RUN/report.md and RUN/report/*.png (funnel, categories, modalities) and print the report."""
+    from openmedreason.report import print_report
+
+    if not run_dir.is_dir():
+        console.print(f"[red]not a run directory: {run_dir}[/red]")
+        raise typer.Exit(2)
+    path = print_report(run_dir, out_console)
+    console.print(f"report written to {path}")
+
+
+@app.command()
 def reasons(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print docs/reasons.md."),
