@@ -36,7 +36,7 @@ def check_funnel(fun: dict) -> None:
     for name, s in fun["steps"].items():
         assert s["in"] == s["kept"] + sum(s["rejected"].values()), name
         if prev_kept is not None:
-            assert s["in"] == prev_kept, name
+            assert s["inputs"] == prev_kept, name  # what a step reads is what the previous one kept
         prev_kept = s["kept"]
 
 
@@ -50,7 +50,13 @@ def test_demo_command_runs_offline(tmp_path):
     assert "a1.too_small" in fun["steps"]["a1_pixels"]["rejected"]  # microaneurysms.png is 102x102
     man = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert man["status"] == "complete" and man["version"] and man["config_hash"]
-    assert [s["name"] for s in man["steps"]] == ["ingest", "a1_pixels"]
+    assert [s["name"] for s in man["steps"]] == list(pipeline.PIPELINE) and man["engine"] == "offline"
+    # offline, from the bundled articles to verified instances with the exact trace format
+    assert fun["steps"]["c2_verify"]["kept"] > 0
+    for r in rows(tmp_path / "demo", "c2_verify", "kept"):
+        assert r["engine"] == "offline" and r["reasoning"].startswith("<think>")
+        assert r["reasoning"].endswith(f"</think>\n<answer>{r['answer']}</answer>")
+    assert (tmp_path / "demo" / "report.md").exists() and (tmp_path / "demo" / "report" / "funnel.png").exists()
     # the licence travels with every record
     assert all(r["license"] in ("cc-by", "cc0", "cc-by-sa", "public-domain") for r in rows(tmp_path / "demo", "a1_pixels", "kept"))
 
@@ -150,7 +156,8 @@ def test_dry_run_estimates_llm_steps_without_calls(tmp_path, monkeypatch):
 
         def estimate(self, sample, total):
             cfg = LLMConfig(model="m", price_input_per_mtok=1.0, price_output_per_mtok=4.0)
-            chars = sum(len(p.caption) for p in sample) / max(len(sample), 1)
+            texts = [r.caption if isinstance(r, Panel) else r.question_text() for r in sample]
+            chars = sum(map(len, texts)) / max(len(texts), 1)
             return estimate(cfg, n_calls=total, avg_prompt_chars=chars, images_per_call=1).as_dict()
 
         def process(self, batch):  # pragma: no cover - a dry run must never call it
@@ -164,7 +171,7 @@ def test_dry_run_estimates_llm_steps_without_calls(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "build_steps", with_llm)
     report = pipeline.dry_run(SMALL, tmp_path / "r", RunConfig())
-    kept = report["free_steps"]["a1_pixels"]["kept"]
+    kept = list(report["free_steps"].values())[-1]["kept"]
     est = report["llm_steps"]["toy_llm"]
     assert kept > 0 and est["calls"] == kept and est["cost_usd"] > 0
     assert not (tmp_path / "r" / "toy_llm").exists()

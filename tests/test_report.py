@@ -131,7 +131,7 @@ def _write_synthetic_steps(run: Path) -> None:
 @pytest.fixture(scope="module")
 def panel_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("report") / "panels"
-    pipeline.run([ARTICLE], run, RunConfig())
+    pipeline.run([ARTICLE], run, RunConfig(), upto="a1_pixels")  # panel-level part only
     return run
 
 
@@ -175,7 +175,7 @@ def test_funnel_equals_parquet_and_is_in_pipeline_order(full_run):
     s = rep["summary"]
     man = json.loads((full_run / "manifest.json").read_text())
     assert (s["version"], s["config_hash"], s["status"], s["started"]) == (man["version"], man["config_hash"], "complete", man["started"])
-    assert s["engine"] == man["config"].get("engine")
+    assert s["engine"] == man["engine"] == "offline"  # the engine the run resolved, not "auto"
 
 
 def test_instance_counts_equal_parquet(full_run):

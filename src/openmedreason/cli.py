@@ -83,6 +83,8 @@ def _run(
     except (ValueError, OSError) as exc:
         console.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2)
+    if upto is None or upto not in ("ingest", "a1_pixels"):
+        _announce_engine(config)
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -112,6 +114,20 @@ def _run(
     return result
 
 
+def _announce_engine(config: Any) -> None:
+    engine = config.resolved_engine()
+    if engine == "offline":
+        why = "forced by --offline / engine = \"offline\"" if config.engine == "offline" else (
+            "no LLM endpoint configured (set OMR_LLM_BASE_URL and OMR_LLM_MODEL, or [llm.default] in the config)"
+        )
+        console.print(
+            f"[bold yellow]engine: offline[/bold yellow] ({why}). Heuristic baseline from the articles' own text, "
+            "no network, no key: not a substitute for a model."
+        )
+    else:
+        console.print("[bold]engine: llm[/bold] (OpenAI-compatible endpoint; see docs/llm.md)")
+
+
 SOURCES_HELP = "JATS files (.nxml/.xml), folders of them, PMC OA packages (.tar.gz), record files (.jsonl/.parquet)."
 ALLOW_HELP = "Licence codes to admit besides the default policy (ND and unknown are denied), comma-separated, or 'all'."
 FIELD_MAP_HELP = "For record files: preset (openpmc, medcorpus) or 'panel_field=column,…'. Default: detected per file."
@@ -128,6 +144,7 @@ def run(
     allow_license: Optional[str] = typer.Option(None, help=ALLOW_HELP),
     field_map: Optional[str] = typer.Option(None, help=FIELD_MAP_HELP),
     a1_preset: Optional[str] = typer.Option(None, help="A1 pixel-check preset: default or paper."),
+    offline: bool = typer.Option(False, "--offline", help="Use the offline engine even when an LLM endpoint is configured."),
     max_cost: Optional[float] = typer.Option(
         None, "--max-cost", help="Stop cleanly once LLM spend for this run directory would pass USD (resumable)."
     ),
@@ -136,8 +153,10 @@ def run(
         False, "--dry-run", help="Run the free steps, then estimate LLM calls, tokens and cost without a paid call."
     ),
 ) -> None:
-    """Run the pipeline (ingest → A1 pixel checks) over SOURCES into a resumable run directory."""
+    """Run the pipeline (ingest → A1 → A2 → B1 → B2 → C1 → C2) over SOURCES into a resumable run directory."""
     ov = _overrides(seed, shard_size, allow_license, field_map, a1_preset)
+    if offline:
+        ov["engine"] = "offline"
     if dry_run:
         from openmedreason.config import load_config
         from openmedreason.run.pipeline import dry_run as plan
@@ -309,10 +328,13 @@ def demo(
     medical = corpus / "medical" / "metadata.jsonl"
     if medical.exists():
         sources.append(str(medical))
-    console.print(f"offline demo on {corpus} (no LLM endpoint, no network): ingest → A1 pixel checks")
-    result = _run(sources, out, None, {"shard_size": 4, "steps.ingest.field_map": "medcorpus" if medical.exists() else None}, workers, None)
+    console.print(f"offline demo on {corpus}: articles and medical images → verified MCQs with reasoning traces")
+    overrides = {"shard_size": 4, "engine": "offline", "steps.ingest.field_map": "medcorpus" if medical.exists() else None}
+    result = _run(sources, out, None, overrides, workers, None)
     print_funnel(result)
-    console.print(f"run directory: {out}")
+    from openmedreason.report import write_report
+
+    console.print(f"run directory: {out}; report: {write_report(out)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

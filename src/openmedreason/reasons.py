@@ -45,6 +45,13 @@ def load_all() -> None:
         "openmedreason.ingest.records_source",
         "openmedreason.quality.pixels",
         "openmedreason.llm.types",
+        "openmedreason.curate.a2",
+        "openmedreason.curate.b1",
+        "openmedreason.curate.checks",
+        "openmedreason.curate.b2",
+        "openmedreason.curate.trace_checks",
+        "openmedreason.curate.c1",
+        "openmedreason.curate.c2",
     ):
         importlib.import_module(mod)
 

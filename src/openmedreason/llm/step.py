@@ -16,7 +16,9 @@ or the cache setting never recomputes finished work.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import hashlib
+import json
+from typing import Any, ClassVar, Iterable
 
 from openmedreason.llm.engine import LLMEngine, engine_for_step
 from openmedreason.llm.types import LLMRequest, LLMResult
@@ -25,6 +27,37 @@ from openmedreason.run.steps import Step
 
 class LLMStep(Step):
     uses_llm = True
+    #: prompt templates the step renders in llm mode (their versions enter the fingerprint)
+    templates: ClassVar[tuple[str, ...]] = ()
+    #: names under which the step's endpoints are configured ([llm.<name>]); default: the step name
+    llm_names: ClassVar[tuple[str, ...]] = ()
+
+    def fingerprint(self) -> str:
+        """Name, version and config, plus in llm mode the prompt versions and the settings that
+        shape replies (model, sampling, token limits), so that a new prompt or model recomputes
+        the step; rate limits, prices, the cache path and the budget do not."""
+        base = super().fingerprint()
+        if not getattr(self, "uses_llm", False) or self.ctx is None:
+            return base
+        from openmedreason.prompts import load
+
+        shaping = ("base_url", "model", "temperature", "top_p", "max_tokens", "reasoning_effort", "structured",
+                   "image_max_side", "image_format", "image_detail", "seed")
+        extra = {
+            "templates": {t: load(t).version for t in self.templates},
+            "llm": {
+                n: {k: v for k, v in self.llm_config(n).public_dump().items() if k in shaping}
+                for n in (self.llm_names or (self.name,))
+            },
+        }
+        payload = json.dumps({"base": base, **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def llm_config(self, name: str) -> Any:
+        """The resolved endpoint settings for ``name`` (one of :attr:`llm_names`)."""
+        from openmedreason.llm.config import resolve_llm_config
+
+        return resolve_llm_config(name, self.ctx.llm if self.ctx else {})
 
     def engine(self) -> LLMEngine:
         """This process's engine for this step (created on first use, closed by :meth:`close`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
 import sys
@@ -18,24 +19,49 @@ from openmedreason.run.executor import Shard, chain_fingerprints, execute
 from openmedreason.run.steps import Pending, RunContext, RunIncomplete, Step
 from openmedreason.run.store import write_json_atomic
 
-#: Step names in pipeline order; later issues append A2 → C2.
-PIPELINE = ("ingest", "a1_pixels")
+#: Step names in pipeline order (METHOD stage codes). Cheap rejecting checks come first: pixel
+#: checks before any LLM call, and each LLM step runs its deterministic checks before calling.
+PIPELINE = ("ingest", "a1_pixels", "a2_text", "b1_tasks", "b2_mcq", "c1_trace", "c2_verify")
+
+#: curation steps: module and class; each takes ``engine`` (offline | llm) in its config
+CURATION = {
+    "a2_text": ("openmedreason.curate.a2", "A2Text"),
+    "b1_tasks": ("openmedreason.curate.b1", "B1Tasks"),
+    "b2_mcq": ("openmedreason.curate.b2", "B2Mcq"),
+    "c1_trace": ("openmedreason.curate.c1", "C1Trace"),
+    "c2_verify": ("openmedreason.curate.c2", "C2Verify"),
+}
+
+
+def step_class(name: str) -> type[Step]:
+    if name == "ingest":
+        return Ingest
+    if name == "a1_pixels":
+        from openmedreason.quality.pixels import A1Pixels
+
+        return A1Pixels
+    module, cls = CURATION[name]
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_steps(config: RunConfig, run_dir: Path, upto: str | None = None, ctx: RunContext | None = None) -> list[Step]:
-    from openmedreason.quality.pixels import A1Pixels
-
-    factories: dict[str, Callable[[dict[str, Any]], Step]] = {
-        "ingest": lambda c: Ingest(c, workdir=run_dir / "ingest" / "files"),
-        "a1_pixels": lambda c: A1Pixels(c),
-    }
-    unknown = set(config.steps) - set(factories)
+    """The pipeline's steps (or its prefix up to ``upto``), configured and bound to the run."""
+    unknown = set(config.steps) - set(PIPELINE)
     if unknown:
-        raise ValueError(f"config names unknown step(s): {sorted(unknown)}; known: {list(factories)}")
+        raise ValueError(f"config names unknown step(s): {sorted(unknown)}; known: {list(PIPELINE)}")
     ctx = ctx or RunContext(run_dir=run_dir, llm=config.llm)
-    steps = []
+    engine = config.resolved_engine()
+    steps: list[Step] = []
     for name in PIPELINE:
-        steps.append(factories[name](config.step_config(name)).bind(ctx))
+        cls = step_class(name)
+        cfg = config.step_config(name)
+        fields = cls.Config.model_fields
+        if "engine" in fields:
+            cfg.setdefault("engine", engine)
+        if "seed" in fields:
+            cfg.setdefault("seed", config.seed)
+        step = Ingest(cfg, workdir=run_dir / "ingest" / "files") if cls is Ingest else cls(cfg)
+        steps.append(step.bind(ctx))
         if name == upto:
             break
     return steps
@@ -87,6 +113,7 @@ def run(
         "config": config.model_dump(mode="json"),
         "config_hash": config.config_hash(),
         "seed": config.seed,
+        "engine": config.resolved_engine(),
         "max_cost_usd": max_cost_usd,
         "no_cache": no_cache,
         "steps": [
