@@ -42,16 +42,8 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, Field
 
-from openmedreason.curate.a2 import (
-    clean_markup,
-    llm_failure,
-    llm_provenance,
-    offline_provenance,
-    panel_texts,
-    paragraphs_block,
-    scaled_estimate,
-    trim_sentences,
-)
+from openmedreason.curate.a2 import clean_markup, panel_texts, paragraphs_block, trim_sentences
+from openmedreason.curate.common import llm_failure, llm_provenance, offline_provenance, scaled_estimate
 from openmedreason.llm import Estimate, ImageInput, LLMRequest, Message, resolve_llm_config
 from openmedreason.llm.step import LLMStep
 from openmedreason.prompts import fence, load

@@ -69,6 +69,7 @@ from pydantic import BaseModel, Field
 from openmedreason.curate import checks
 from openmedreason.curate.checks import INVALID, CheckSettings, hash_unit
 from openmedreason.llm import Estimate, LLMRequest, Message, estimate, resolve_llm_config
+from openmedreason.curate.common import llm_provenance, offline_provenance
 from openmedreason.llm.step import LLMStep
 from openmedreason.offline import b2 as offline_b2
 from openmedreason.offline.b2 import OFFLINE_CATEGORIES  # noqa: F401  (re-exported for B1)
@@ -280,14 +281,14 @@ class B2Mcq(LLMStep):
                     out.rejected.append(Rejected(_question(pl, "", [], "", "llm", []), INVALID, detail="no image to show"))
             results = self.complete(self.request(pl) for pl in todo) if todo else []
             for pl, r in zip(todo, results):
-                prov = Provenance(step=self.name, engine="llm", **r.provenance()) if r.cache_key else Provenance(
+                prov = llm_provenance(self.name, r) if r.cache_key else Provenance(
                     step=self.name, engine="llm", template=f"{TEMPLATE}@{load(TEMPLATE).version}")
                 if not r.ok:
                     drafts.append((pl, None, prov, r.reason, r.detail or r.text))
                 else:
                     drafts.append((pl, r.parsed, prov, None, None))  # type: ignore[arg-type]
         else:
-            prov = Provenance(step=self.name, engine="offline", template=f"offline-{self.name}@{self.version}")
+            prov = offline_provenance(self.name, self.version)
             for pl in plans:
                 d = offline_b2.generate(pl.panel, pl.cat.key, pl.style, pl.answer_format, pl.image_scope, cfg.seed, pl.id)
                 if isinstance(d, offline_b2.Decline):

@@ -84,12 +84,12 @@ from openmedreason.llm import (
     resolve_llm_config,
 )
 from openmedreason.llm.engine import LLMEngine
+from openmedreason.curate.common import llm_provenance, offline_provenance
 from openmedreason.llm.step import LLMStep
-from openmedreason.offline.c1 import TEMPLATE as OFFLINE_TEMPLATE
 from openmedreason.offline.c1 import compose_trace
 from openmedreason.prompts import fence, load
 from openmedreason.reasons import reason
-from openmedreason.records import Instance, Panel, Provenance, Question
+from openmedreason.records import Instance, Panel, Question
 from openmedreason.run.steps import Rejected, StepConfig, StepResult
 from openmedreason.taxonomy import category
 
@@ -326,12 +326,12 @@ class C1Trace(LLMStep):
                 ready.append((q, r))
             else:
                 detail = f"{DRAFT}: {r.detail or r.reason or 'empty draft'}"
-                prov = [Provenance(step=self.name, engine="llm", **r.provenance())] if r.cache_key else []
+                prov = [llm_provenance(self.name, r)] if r.cache_key else []
                 rec = instance_of(q, engine="llm", draft=r.text, provenance=prov)
                 out.rejected.append(Rejected(rec, r.reason or EMPTY_REPLY, detail=detail))
         finals = self.complete_sub(FINAL, [self.final_request(q, d.text or "") for q, d in ready])
         for (q, d), f in zip(ready, finals):
-            prov = [Provenance(step=self.name, engine="llm", **d.provenance())]
+            prov = [llm_provenance(self.name, d)]
             draft = (d.text or "").strip()
             if not f.ok or f.parsed is None:
                 detail = f"{FINAL}: {f.detail or f.reason}" + (f" | reply: {f.text[:300]}" if f.text else "")
@@ -340,14 +340,14 @@ class C1Trace(LLMStep):
                 continue
             ft: FinalTrace = f.parsed  # type: ignore[assignment]
             reasoning = assemble_trace(ft.check, ft.perception, ft.clinical_context, ft.interpretation, ft.justification, ft.answer)
-            prov.append(Provenance(step=self.name, engine="llm", **f.provenance()))
+            prov.append(llm_provenance(self.name, f))
             out.kept.append(instance_of(q, engine="llm", draft=draft, reasoning=reasoning, provenance=prov))
         return out
 
     def _offline(self, batch: Sequence[Question]) -> StepResult[Instance]:
         out: StepResult[Instance] = StepResult()
         limits = TraceLimits()
-        prov = Provenance(step=self.name, engine="offline", template=f"{OFFLINE_TEMPLATE}@{self.version}")
+        prov = offline_provenance(self.name, self.version)
         for q in batch:
             t = compose_trace(
                 q, max_perception=self.config.offline_max_perception, max_knowledge=self.config.offline_max_knowledge,

@@ -46,10 +46,11 @@ from openmedreason.curate.c1 import (
 )
 from openmedreason.curate.trace_checks import TraceLimits, first_failure, run_trace_checks
 from openmedreason.llm import INVALID_OUTPUT, Estimate, LLMRequest, Message, estimate, resolve_llm_config
+from openmedreason.curate.common import llm_provenance, offline_provenance
 from openmedreason.llm.step import LLMStep
 from openmedreason.prompts import fence, load
 from openmedreason.reasons import reason
-from openmedreason.records import Check, Instance, Provenance, Question
+from openmedreason.records import Check, Instance, Question
 from openmedreason.run.steps import Rejected, StepConfig, StepResult
 
 UNSUPPORTED = reason("c2.unsupported", "LLM verdict: the trace states something the context does not support (source_consistent=false)")
@@ -57,7 +58,6 @@ UNJUSTIFIED = reason("c2.unjustified", "LLM verdict: the trace's reasoning does 
 NOT_USEFUL = reason("c2.not_useful", "LLM verdict: the trace is padded, repetitive or off the question (useful=false)")
 
 TEMPLATE = "c2_verify"
-OFFLINE_TEMPLATE = "offline-c2_verify"
 SKIPPED = Check(
     name="llm_verification_skipped",
     passed=True,
@@ -130,7 +130,7 @@ class C2Verify(LLMStep):
             elif self.uses_llm:
                 judge.append((inst, checks))
             else:
-                prov = Provenance(step=self.name, engine="offline", template=f"{OFFLINE_TEMPLATE}@{self.version}")
+                prov = offline_provenance(self.name, self.version)
                 out.kept.append(inst.model_copy(update={"checks": [*checks, SKIPPED], "provenance": [*inst.provenance, prov]}))
         if not judge:
             return out
@@ -147,7 +147,7 @@ class C2Verify(LLMStep):
                 Check(name="answer_justification", passed=v.answer_justified, detail=None if v.answer_justified else issues),
                 Check(name="utility", passed=v.useful, detail=None if v.useful else issues),
             ]
-            prov = Provenance(step=self.name, engine="llm", **r.provenance())
+            prov = llm_provenance(self.name, r)
             rec = inst.model_copy(update={"checks": [*checks, *verdict], "provenance": [*inst.provenance, prov]})
             failed = next(
                 (code for ok, code in ((v.source_consistent, UNSUPPORTED), (v.answer_justified, UNJUSTIFIED), (v.useful, NOT_USEFUL)) if not ok),

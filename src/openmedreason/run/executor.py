@@ -33,8 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import pyarrow.parquet as pq
 
 from openmedreason.reasons import reason
-from openmedreason.records import Record
-from openmedreason.run.steps import Pending, Rejected, RunIncomplete, Step, StepResult, StopRun
+from openmedreason.run.steps import Pending, Rejected, Step, StepResult, StopRun
 from openmedreason.run.store import (
     iter_records,
     records_table,
