@@ -18,6 +18,7 @@ from openmedreason.curate.b1 import B1Tasks, canonical_category, categories_bloc
 from openmedreason.ingest.jats import ingest_jats_file
 from openmedreason.ingest.records_source import ingest_records
 from openmedreason.offline.b2 import OFFLINE_CATEGORIES
+from openmedreason.offline.a2 import offline_modality
 from openmedreason.records import Panel, Task
 from openmedreason.run.executor import Shard, execute
 from openmedreason.run.steps import RunContext
@@ -154,9 +155,15 @@ def test_offline_categories_on_the_records_a2_keeps(a2_kept):
     assert all(t.provenance[0].template == "offline-b1_tasks@1" and t.family == "Perception" for t in res.kept)
 
 
+def with_modality(p: Panel) -> Panel:
+    """What A2 would add: the modality read from the caption."""
+    group, modality = offline_modality(p)
+    return p.model_copy(update={"modality_group": group, "modality": modality})
+
+
 def test_offline_on_all_19_records(medical):
     """Run on every record (as if A2 kept them all) to see each rule fire on real text."""
-    res = B1Tasks().process(list(medical.values()))
+    res = B1Tasks().process([with_modality(p) for p in medical.values()])
     by = {}
     for t in res.kept:
         by.setdefault(t.panel.id.rsplit("|", 1)[-1], set()).add(t.category)
@@ -165,7 +172,7 @@ def test_offline_on_all_19_records(medical):
     assert by["R03"] >= {"normal_abnormal"}  # "…chest radiograph … Unremarkable"
     assert "normal_abnormal" not in by["R02"]  # "normal white blood cells" and "ground-glass opacity": conflict
     assert "anatomy" not in by["R10"]  # "CTPA showing saddle embolus and thrombus burden." names no organ
-    assert B1Tasks({"max_categories": 1}).process([medical["R08"]]).kept[0].category == "findings"
+    assert B1Tasks({"max_categories": 1}).process([with_modality(medical["R08"])]).kept[0].category == "findings"
 
 
 def test_offline_no_category_on_a_real_panel():
@@ -173,7 +180,14 @@ def test_offline_no_category_on_a_real_panel():
     p = panels["doi:10.7554/eLife.30274|fig3|B"]  # a meta-analysis forest plot of gene expression
     res = B1Tasks().process([p])
     assert not res.kept and res.rejected[0].reason == "b1.no_category"
-    assert res.rejected[0].detail.startswith("vocabulary found: findings: none; anatomy: none")
+    # a chart is not a medical image: the offline engine asks it nothing
+    assert res.rejected[0].detail.startswith("offline questions need a medical image")
+
+
+def test_offline_needs_a_medical_image(medical):
+    chart = with_modality(medical["R04"]).model_copy(update={"modality_group": "Plots and Charts", "modality": "bar chart"})
+    res = B1Tasks().process([chart])
+    assert not res.kept and res.rejected[0].detail.startswith("offline questions need a medical image")
 
 
 def test_a2_then_b1_through_the_executor(tmp_path, medical):
@@ -182,8 +196,8 @@ def test_a2_then_b1_through_the_executor(tmp_path, medical):
     items = tuple(medical[k] for k in ("R04", "R11", "R03", "R12"))
     funnel = execute(tmp_path / "a", [A2Text(), B1Tasks()], [Shard(0, items, "f0")], workers=1)
     assert funnel["steps"]["a2_text"]["kept"] == 2 and funnel["steps"]["b1_tasks"]["kept"] == 6
-    no_vocab = medical["R07"].model_copy(update={"id": "no-vocab", "caption": "Words that name nothing this lexicon knows."})
-    execute(tmp_path / "b", [B1Tasks()], [Shard(0, (medical["R04"], no_vocab), "f1")], workers=1)
+    no_vocab = with_modality(medical["R07"]).model_copy(update={"id": "no-vocab", "caption": "Words that name nothing this lexicon knows."})
+    execute(tmp_path / "b", [B1Tasks()], [Shard(0, (with_modality(medical["R04"]), no_vocab), "f1")], workers=1)
     rejected = list(iter_rejected(sorted((tmp_path / "b" / "b1_tasks").glob("rejected-*.parquet")), Task))
     assert [(rec.id, info["reject_reason"]) for rec, info in rejected] == [("no-vocab", "b1.no_category")]
     assert rejected[0][0].panel.caption == no_vocab.caption

@@ -170,7 +170,7 @@ def test_dry_run_estimates_llm_steps_without_calls(tmp_path, monkeypatch):
         return steps if upto else [*steps, ToyLLM().bind(steps[0].ctx)]
 
     monkeypatch.setattr(pipeline, "build_steps", with_llm)
-    report = pipeline.dry_run(SMALL, tmp_path / "r", RunConfig())
+    report = pipeline.dry_run([MEDICAL], tmp_path / "r", RunConfig(steps={"ingest": {"field_map": "medcorpus"}}))
     kept = list(report["free_steps"].values())[-1]["kept"]
     est = report["llm_steps"]["toy_llm"]
     assert kept > 0 and est["calls"] == kept and est["cost_usd"] > 0

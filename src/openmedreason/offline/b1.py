@@ -85,8 +85,17 @@ def panel_text(panel: Panel) -> str:
     return "\n".join(t for t in (sub, caption, context) if t)
 
 
+#: offline questions are about what a medical image shows: charts, diagrams, blots and panels
+#: of unknown modality get none (the vocabulary of their caption would make questions about
+#: an organ or a "normal appearance" that the picture does not show)
+IMAGE_GROUPS = frozenset({"Radiology", "Microscopy", "Visible light photography"})
+NON_CLINICAL_MODALITIES = frozenset({"Western blot"})
+
+
 def offline_categories(panel: Panel) -> tuple[list[Category], str]:
     """(supported categories in taxonomy order, a one-line account of the evidence)."""
+    if panel.modality_group not in IMAGE_GROUPS or panel.modality in NON_CLINICAL_MODALITIES:
+        return [], f"offline questions need a medical image; modality: {panel.modality_group} / {panel.modality}"
     text = panel_text(panel)
     cats: list[Category] = []
     notes: list[str] = []
