@@ -308,12 +308,25 @@ def _usage(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def usage_owners() -> dict[str, str]:
+    """Usage is recorded under the endpoint names a step uses (C1: ``c1_draft``, ``c1_final``);
+    map each to its pipeline step."""
+    from openmedreason.run.pipeline import PIPELINE, step_class
+
+    owners: dict[str, str] = {}
+    for name in PIPELINE:
+        for sub in getattr(step_class(name), "llm_names", ()) or ():
+            owners[sub] = name
+    return owners
+
+
 def _per_instance(usage: dict[str, Any] | None, funnel: dict[str, Any], n_instances: int | None) -> dict[str, Any] | None:
     """LLM requests, paid calls, tokens and cost per accepted instance, against the naive plan of
     one call per step for every record that enters an LLM step (Σ of those steps' ``in``)."""
     if usage is None or not n_instances:
         return None
-    llm_steps = [s for s in usage["steps"] if s in funnel]
+    owner = usage_owners()
+    llm_steps = sorted({owner.get(s, s) for s in usage["steps"]} & set(funnel))
     # one call per record each LLM step reads (inputs; for a fan-out step in counts its outputs)
     baseline = sum(funnel[s].get("inputs", funnel[s]["in"]) for s in llm_steps)
     tot = usage["total"]
@@ -324,7 +337,7 @@ def _per_instance(usage: dict[str, Any] | None, funnel: dict[str, Any], n_instan
     return {
         "instances": n_instances,
         "llm_steps": llm_steps,
-        "steps_without_funnel": [s for s in usage["steps"] if s not in funnel],
+        "steps_without_funnel": [s for s in usage["steps"] if owner.get(s, s) not in funnel],
         "requests": tot["requests"],
         "paid_calls": tot["paid_calls"],
         "cache_hits": tot["cache_hits"],

@@ -206,8 +206,12 @@ DEFAULT_CATEGORY_RULE = "Do not mention arrows, boxes, labels or other markers."
 def _image_note(plan: QuestionPlan) -> str:
     if plan.image_scope == "full":
         return "the whole figure (all of its panels)"
-    if plan.panel.panel:
+    p = plan.panel
+    if p.panel and p.image_path and p.image_path != p.full_image_path:
         return "one panel of a larger figure (only this panel is visible to the student)"
+    if p.panel:
+        # the source has no separate panel image: the whole figure is attached, so say which part
+        return f"the whole figure; the question is about its panel {p.panel} only"
     return "the figure image"
 
 
