@@ -41,7 +41,9 @@ def test_plan_is_sorted_deduplicated_and_skips_non_articles(tmp_path):
     (tmp_path / "manifest.xml").write_text('<?xml version="1.0"?><manifest><item/></manifest>')
     shutil.copy(JATS / "pntd.0002065.nxml", tmp_path / "a.nxml")
     units = plan_sources([tmp_path, tmp_path / "a.nxml", ARTICLES / "elife-43154"])
-    assert [Path(u.path).name for u in units] == ["a.nxml", "main.jats.xml"]
+    # the manifest is skipped, the file named twice appears once, and the order is by path
+    assert sorted(Path(u.path).name for u in units) == ["a.nxml", "main.jats.xml"]
+    assert [u.path for u in units] == sorted(u.path for u in units)
     assert not is_jats_article(tmp_path / "manifest.xml")
 
 
