@@ -98,14 +98,34 @@ no colour conversion or chroma upsampling; Y is the ITU-R 601 luma that ``conver
 computes, and every default metric is a luma metric, so nothing measured changes. The DCT
 is not scaled (the native pixels and the 8x8 grid are needed). Layout statistics use a
 bilinear copy with the longest side <= 256; clarity and blockiness use the native tiles above.
-``bench/bench_a1.py`` prints A1 time ÷ plain Pillow decode time (``Image.open(p).load()``) per
-image. Large files cost less than a plain decode (COPD radiograph 2957x2729: 0.9; fundus
-1411x1411: 0.9; smear 2560x2048: 0.8), because the luma-only JPEG decode saves more than the
-bounded analysis costs. Small files do not reach 1.2: the analysis of up to 128 Ki native
-pixels costs ~1-1.5 ms, about as much as decoding a whole 600x800 JPEG (eLife figures:
-1.2-2.4); smaller budgets were measured and lose the separation between the soft skimage
-``cell`` and sigma-4 blurred copies (``cell`` rejected at 64 Ki with 128 px tiles, a blurred
-table kept at 64 Ki with 64 px tiles).
+
+:func:`measure` decodes into numpy without intermediate copies: a gray or luma-only JPEG and a
+gray PNG or TIFF are decoded straight into the array (Pillow's loader fills image memory set up
+over it; when a loader does not, which is detected, the usual copy is made); RGB, palette,
+1-bit, RGBA and LA images run Pillow's own ``convert("L")`` conversion into it (alpha is then
+composited on white with the same integer formula as :func:`load_image`); other modes go through
+:func:`load_image`'s conversion. The analysis computes shared intermediates once (the stacked
+tiles and their neighbour differences serve edge width and blockiness), works in 8/16-bit
+integers with OpenCV primitives, and gives bit-identical values to the straightforward
+formulations: the blur effect is computed from the [1, 2, 1]-smoothed image P, S(y) = P(y+1) -
+P(y-1) and the telescoped box derivative B(y) = Q(y+5) - Q(y-6), Q = P(y) + P(y+1), and equals
+``skimage.measure.blur_effect`` (tests compare them, per axis, on real and synthetic images and
+on tile stacks); every keep/reject decision and every metric of the 90 real images, of 630
+degraded copies and of the corpus files were compared before and after (identical), and
+``tests/fixtures/a1_golden.json`` pins them. ``full=False`` (the pipeline step) stops at the first
+failing check.
+
+``bench/bench_a1.py`` prints A1 time ÷ plain Pillow decode time (``Image.open(p).load()``, the
+same file, the same rounds) per image and the median over the 103 corpus and skimage images:
+1.13-1.29 from run to run on a shared 2-core machine, typically 1.2 (1.65-1.87 before the
+changes above; total time of all images 1.06-1.11, before 1.46-1.52). Large files cost less than
+a plain decode (COPD radiograph 2957x2729: ~0.78; fundus 1411x1411: ~0.72; 898x898 radiograph:
+~0.8; gray 4103x4151 TIFF: ~1.07). Small files do not reach 1.2: A1 needs ~1 ms of analysis for a
+128 Ki-pixel sample plus ~0.1 ms of header work, while a whole 600x500 chart JPEG decodes in
+~1 ms (eLife figures: 1.0-2.1, typically 1.2-1.3); smaller budgets were measured and lose the
+separation between the soft skimage ``cell`` and sigma-4 blurred copies (``cell`` rejected at
+64 Ki with 128 px tiles, a blurred table kept at 64 Ki with 64 px tiles). ``docs/quality.md`` has
+the figures.
 
 Known limits: a brightfield micrograph with >= 15 % flat clipped-white background and no
 edge sharper than 4.4 px (>= 45 %: 2.75 px) is judged as line-art; images that are
@@ -114,10 +134,12 @@ legitimately soft at native size (upsampled by the publisher) can be rejected as
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Iterator, Literal, Sequence, Union
 
 import cv2
@@ -314,7 +336,7 @@ def _open(path: str | os.PathLike[str] | None, max_pixels: int, out: LoadedImage
         raise _Fail(IMAGE_MISSING, detail=f"not found: {p}") from None
     except OSError as e:
         raise _Fail(DECODE_ERROR, detail=f"cannot stat: {e}") from None
-    if not os.path.isfile(p):
+    if not stat.S_ISREG(st.st_mode):
         raise _Fail(DECODE_ERROR, detail="not a regular file")
     out.file_size = int(st.st_size)
     if st.st_size == 0:
@@ -354,8 +376,15 @@ def _open(path: str | os.PathLike[str] | None, max_pixels: int, out: LoadedImage
     return im
 
 
-def _decode(im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: LoadedImage) -> Image.Image:
-    """Decode the first frame and normalise it to 8-bit ``target``; alpha is composited on white."""
+def _load(
+    im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: LoadedImage, *, into_array: bool = False
+) -> np.ndarray | None:
+    """Decode the first frame (``im.load()``), mapping decoder failures to reasons.
+
+    With ``into_array``, a JPEG, PNG or TIFF whose decoded mode is L (luma-only JPEG or a gray
+    file) is decoded straight into a new numpy array, which is returned (no intermediate image and
+    no copy); otherwise, or when Pillow does not decode into it, None."""
+    arr: np.ndarray | None = None
     try:
         if im.tell() != 0:
             im.seek(0)  # multi-frame (GIF, TIFF): the first frame
@@ -364,9 +393,16 @@ def _decode(im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: Loade
             # Y is the ITU-R 601 luma that convert("L") would compute (up to rounding).
             if im.draft("L", None) is not None and im.mode == "L":
                 out.luma_decode = True
+        core = None
+        if into_array and im.mode == "L" and _decodes_in_place(im):
+            arr, core = _gray_buffer(im.size)
+            if core is not None:
+                im.im = core  # ImageFile.load_prepare keeps image memory of the right mode and size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             im.load()
+        if core is not None and im.im is not core:
+            arr = None  # this Pillow allocated its own image memory: the caller converts as usual
     except Image.DecompressionBombError as e:
         raise _Fail(TOO_MANY_PIXELS, detail=str(e)) from None
     except Exception as e:  # corrupt data can surface as almost any exception in a decoder
@@ -374,10 +410,81 @@ def _decode(im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: Loade
         if "truncated" in str(e).lower() or _data_past_eof(im, out.file_size):
             raise _Fail(TRUNCATED, detail=msg) from None
         raise _Fail(DECODE_ERROR, detail=msg) from None
+    return arr
+
+
+def _decodes_in_place(im: Image.Image) -> bool:
+    """Formats whose loader decodes into image memory set before ``load()`` (single frame, not
+    yet loaded; a TIFF only when stored upright). Anything else is detected after the load."""
+    if not im.tile or getattr(im, "_im", None) is not None:
+        return False
+    if im.format == "JPEG":
+        return True
+    if im.format == "PNG":
+        return not getattr(im, "is_animated", False)
+    if im.format == "TIFF":
+        return getattr(im, "_tile_size", None) == im.size and getattr(im, "n_frames", 1) == 1
+    return False
+
+
+def _gray_buffer(size: tuple[int, int]) -> tuple[np.ndarray, Any] | tuple[None, None]:
+    """A new (H, W) uint8 array and a Pillow image core ("L") that uses its memory."""
+    w, h = size
+    arr = np.empty((h, w), np.uint8)
+    try:
+        return arr, Image.core.map_buffer(arr, (w, h), "raw", 0, ("L", 0, 1))
+    except Exception:  # pragma: no cover - a Pillow without buffer mapping
+        return None, None
+
+
+def _decode(im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: LoadedImage) -> Image.Image:
+    """Decode the first frame and normalise it to 8-bit ``target``; alpha is composited on white."""
+    _load(im, target, fast, out)
     try:
         return _normalise(im, target)
     except Exception as e:
         raise _Fail(DECODE_ERROR, detail=f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
+
+
+def _decode_gray(im: Image.Image, fast: bool, out: LoadedImage) -> np.ndarray:
+    """:func:`_decode` to ``"L"``, as a C-contiguous (H, W) uint8 array, with fewer copies: a
+    gray or luma-only JPEG and a gray PNG/TIFF decode straight into the array; RGB, 1-bit,
+    palette (without transparency), RGBA and LA images run the C conversion of ``convert("L")``
+    into it (RGBA/LA then composited on white as :func:`_normalise` does); other modes go through
+    :func:`_normalise`. Every path gives the array :func:`load_image` would (tested)."""
+    arr = _load(im, "L", fast, out, into_array=True)
+    if arr is not None:
+        return arr
+    if im.mode in ("RGB", "1", "RGBA", "LA") or (im.mode == "P" and "transparency" not in im.info):
+        # the C conversion that convert("L") runs (P: through the palette), into the array
+        buf, core = _gray_buffer(im.size)
+        if core is not None:
+            try:
+                if im.mode in ("RGBA", "LA"):
+                    im.im.convert_into(core)  # the colour, alpha ignored, as convert("L") does
+                    return _on_white(buf, np.asarray(im.getchannel("A")))
+                im.im.convert_into(core)
+                return buf
+            except Exception:  # pragma: no cover - fall back to convert("L") below
+                pass
+    try:
+        gimg = _normalise(im, "L")
+    except Exception as e:
+        raise _Fail(DECODE_ERROR, detail=f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
+    g = np.asarray(gimg)
+    if g.ndim != 2 or g.dtype != np.uint8:
+        g = np.asarray(gimg.convert("L"))
+    if gimg is not im:
+        gimg.close()
+    return g
+
+
+def _on_white(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``gray`` composited on white with ``alpha``, in place: the integer formula of
+    :func:`_normalise`, ``(c a + 255 (255 - a) + 127) // 255`` = ``255 - round((255 - c) a / 255)``
+    (never a tie: ``(255 - c) a / 255`` is at least 0.002 from a half; exact for all 65536 pairs)."""
+    t = cv2.multiply(cv2.bitwise_not(gray), alpha, scale=1.0 / 255)
+    return cv2.bitwise_not(t, dst=gray)
 
 
 def _data_past_eof(im: Image.Image, file_size: int | None) -> bool:
@@ -505,6 +612,12 @@ def jpeg_quality(quantization: dict[int, Sequence[int]] | None) -> float | None:
     t = quantization.get(0)
     if t is None or len(t) != 64:
         return None
+    return _table_quality(tuple(t))
+
+
+@functools.lru_cache(maxsize=256)
+def _table_quality(t: tuple[int, ...]) -> float:
+    # a corpus uses few distinct tables (one per encoder setting): remember them
     err = np.abs(_IJG_TABLES - np.asarray(t, dtype=np.float64)[None, :]).mean(axis=1)
     return float(int(np.argmin(err)) + 1)
 
@@ -570,26 +683,46 @@ def _coarse(g: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(g, size, interpolation=cv2.INTER_LINEAR)
 
 
-def _white_margin(c: np.ndarray, white: int, row_ink: float) -> float:
+def _ink(c: np.ndarray, white: int) -> np.ndarray:
+    """1 where the gray value is below ``white`` (ink), else 0 (uint8)."""
+    if white <= 0:
+        return np.zeros_like(c)
+    if white > 255:
+        return np.ones_like(c)
+    return cv2.threshold(c, white - 1, 1, cv2.THRESH_BINARY_INV)[1]
+
+
+def _white_margin(c: np.ndarray, white: int, row_ink: float, ink: np.ndarray | None = None) -> float:
     """Share of the area outside the bounding box of non-blank rows/columns (1.0: all blank)."""
-    ink = (c < white).view(np.uint8)
+    if ink is None:
+        ink = _ink(c, white)
     h, w = c.shape
-    rows = np.flatnonzero(np.count_nonzero(ink, axis=1) > row_ink * w)
-    cols = np.flatnonzero(np.count_nonzero(ink, axis=0) > row_ink * h)
+    rsum, csum = _axis_sums(ink)
+    rows = np.flatnonzero(rsum > row_ink * w)
+    cols = np.flatnonzero(csum > row_ink * h)
     if rows.size == 0 or cols.size == 0:
         return 1.0
     box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
     return float(1.0 - box / (h * w))
 
 
+def _axis_sums(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums and column sums of a uint8 image (int64; one integral-image pass, exact)."""
+    ii = cv2.integral(a, sdepth=cv2.CV_64F) if a.size * 255 >= 2**31 else cv2.integral(a)
+    return np.diff(ii[:, -1]).astype(np.int64), np.diff(ii[-1, :]).astype(np.int64)
+
+
 _K3 = np.ones((3, 3), np.uint8)
 _K15 = np.ones((15, 15), np.uint8)
 
 
-def _flat_white(c: np.ndarray, white: int) -> float:
+def _flat_white(c: np.ndarray, white: int, ink: np.ndarray | None = None) -> float:
     """Share of pixels that are white and locally flat (3x3 range <= 2): a line-art background."""
-    rng = cv2.morphologyEx(c, cv2.MORPH_GRADIENT, _K3)
-    return float(np.count_nonzero((c >= white) & (rng <= 2)) / c.size)
+    if ink is None:
+        ink = _ink(c, white)
+    rng = cv2.morphologyEx(c, cv2.MORPH_GRADIENT, _K3)  # 3x3 range
+    flat = cv2.threshold(rng, 2, 1, cv2.THRESH_BINARY_INV)[1]  # 1 where the range is <= 2
+    return float((cv2.countNonZero(flat) - cv2.countNonZero(cv2.bitwise_and(flat, ink))) / c.size)
 
 
 def _percentiles(c: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
@@ -598,13 +731,23 @@ def _percentiles(c: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return float(np.searchsorted(cdf, lo / 100.0)), float(np.searchsorted(cdf, hi / 100.0))
 
 
-@dataclass
+def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a - b|`` of two uint8 arrays (cv2.absdiff, which gives None for empty arrays)."""
+    return cv2.absdiff(a, b) if a.size else np.zeros(a.shape, np.uint8)
+
+
 class _Detail:
     """Native-resolution pixels to analyse: the whole image, or a sample of tiles (tile origins
-    are multiples of the tile size, so of 8: the JPEG block grid is kept)."""
+    are multiples of the tile size, so of 8: the JPEG block grid is kept). The stacked layouts
+    and the neighbour differences are computed once and shared by the clarity and compression
+    measures."""
 
-    tiles: list[np.ndarray]
-    whole: bool
+    def __init__(self, tiles: list[np.ndarray], whole: bool) -> None:
+        self.tiles = tiles
+        self.whole = whole
+        self._vstack: np.ndarray | None = None
+        self._hstack: np.ndarray | None = None
+        self._diffs: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def pixels(self) -> int:
@@ -613,22 +756,60 @@ class _Detail:
     @property
     def vstack(self) -> np.ndarray:
         """Tiles one above the other (horizontal filters never cross a seam)."""
-        return self.tiles[0] if self.whole else np.concatenate(self.tiles, axis=0)
+        if self._vstack is None:
+            self._vstack = self.tiles[0] if self.whole else np.concatenate(self.tiles, axis=0)
+        return self._vstack
 
     @property
     def hstack(self) -> np.ndarray:
         """Tiles side by side (vertical filters never cross a seam)."""
-        return self.tiles[0] if self.whole else np.concatenate(self.tiles, axis=1)
+        if self._hstack is None:
+            self._hstack = self.tiles[0] if self.whole else np.concatenate(self.tiles, axis=1)
+        return self._hstack
 
-    def row_ok(self, margin: int) -> np.ndarray | None:
-        """For :attr:`vstack`: rows at least ``margin`` away from a seam (None: no seams)."""
+    @property
+    def diffs(self) -> tuple[np.ndarray, np.ndarray]:
+        """|horizontal| (h, w-1) and |vertical| (h-1, w) neighbour differences of :attr:`vstack`
+        (uint8; the vertical ones across a seam join two tiles: see :meth:`seams`)."""
+        if self._diffs is None:
+            r = self.vstack
+            self._diffs = (_absdiff(r[:, 1:], r[:, :-1]), _absdiff(r[1:, :], r[:-1, :]))
+        return self._diffs
+
+    def seams(self) -> list[int]:
+        """Rows of :attr:`vstack` where a new tile starts."""
         if self.whole:
-            return None
+            return []
         t = self.tiles[0].shape[0]
-        ok = np.ones(t * len(self.tiles), bool)
-        for j in range(1, len(self.tiles)):
-            ok[max(0, j * t - margin) : j * t + margin] = False
-        return ok
+        return [j * t for j in range(1, len(self.tiles))]
+
+
+def _pick_tiles(score: np.ndarray, k: int, *, python: bool | None = None) -> list[int]:
+    """Flat indices (ascending) of the tiles to analyse, from the (ny, nx) tile scores: one tile
+    per stratum. The tile grid is split into ~k regions (sy x sx) and each region gives its most
+    detailed tile (the first of equal scores), so the sample follows the detail but still spans
+    the whole image. ``python``: force one of the two equivalent implementations (default: pure
+    Python for the usual few dozen tiles, numpy for large grids)."""
+    ny, nx = score.shape
+    sy = max(1, min(ny, round(math.sqrt(k * ny / nx))))
+    sx = max(1, min(nx, k // sy))
+    if python is None:
+        python = ny * nx <= 256
+    if python:
+        iy = [(y * sy) // ny for y in range(ny)]
+        ix = [(x * sx) // nx for x in range(nx)]
+        best: dict[int, tuple[float, int]] = {}
+        for i, sc in enumerate(score.ravel().tolist()):
+            st = iy[i // nx] * sx + ix[i % nx]
+            if st not in best or sc > best[st][0]:
+                best[st] = (sc, i)
+        return sorted(i for _, i in best.values())
+    stratum = (((np.arange(ny) * sy) // ny)[:, None] * sx + ((np.arange(nx) * sx) // nx)[None, :]).ravel()
+    flat = score.ravel()
+    order = np.lexsort((-flat, stratum))  # by stratum, then by descending score (stable: first index)
+    first = np.ones(order.size, bool)
+    first[1:] = stratum[order][1:] != stratum[order][:-1]
+    return sorted(order[first].tolist())
 
 
 def _detail(g: np.ndarray, c: np.ndarray, budget: int, tile: int) -> _Detail:
@@ -637,34 +818,59 @@ def _detail(g: np.ndarray, c: np.ndarray, budget: int, tile: int) -> _Detail:
     k = max(1, budget // (tile * tile))
     if h * w <= budget or ny * nx <= k:
         return _Detail([g], True)
-    cf = c.astype(np.float32)
-    e = np.zeros_like(cf)
-    e[:, :-1] += np.abs(np.diff(cf, axis=1))
-    e[:-1, :] += np.abs(np.diff(cf, axis=0))
+    # detail score: |dx| + |dy| (forward differences, 0 past the last row/column; exact small
+    # integers in float32) on the part of the coarse copy that the tile grid covers, area-averaged
+    # per tile
     ch, cw = c.shape
-    sub = e[: max(1, round(ny * tile * ch / h)), : max(1, round(nx * tile * cw / w))]
-    score = cv2.resize(sub, (nx, ny), interpolation=cv2.INTER_AREA)
-    # one tile per stratum: split the tile grid into ~k regions and take each region's most
-    # detailed tile, so the sample follows the detail but still spans the whole image
-    sy = max(1, min(ny, round(math.sqrt(k * ny / nx))))
-    sx = max(1, min(nx, k // sy))
-    iy = (np.arange(ny) * sy) // ny
-    ix = (np.arange(nx) * sx) // nx
-    stratum = (iy[:, None] * sx + ix[None, :]).ravel()
-    flat = score.ravel()
-    order = np.lexsort((-flat, stratum))  # by stratum, then by descending score
-    first = np.ones(order.size, bool)
-    first[1:] = stratum[order][1:] != stratum[order][:-1]
+    sh, sw = max(1, round(ny * tile * ch / h)), max(1, round(nx * tile * cw / w))
+    c1 = c[: min(ch, sh + 1), : min(cw, sw + 1)]
+    zero = cv2.BORDER_CONSTANT
+    dxc = cv2.copyMakeBorder(_absdiff(c1[:, 1:], c1[:, :-1]), 0, 0, 0, 1, zero, value=0)
+    dyc = cv2.copyMakeBorder(_absdiff(c1[1:, :], c1[:-1, :]), 0, 1, 0, 0, zero, value=0)
+    e = cv2.add(dxc, dyc, dtype=cv2.CV_32F)
+    score = cv2.resize(e[:sh, :sw], (nx, ny), interpolation=cv2.INTER_AREA)
     tiles = []
-    for i in sorted(order[first].tolist()):
+    for i in _pick_tiles(score, k):
         y, x = (i // nx) * tile, (i % nx) * tile
         tiles.append(g[y : y + tile, x : x + tile])
     return _Detail(tiles, False)
 
 
-# derivative of an 11-px box filter: Sobel(box11(f)) as one separable filter (exact in int16)
-_BOX11_DERIV = np.convolve(np.ones(11), [1.0, 0.0, -1.0]).astype(np.float32)
-_SMOOTH3 = np.array([1.0, 2.0, 1.0], np.float32)
+_SMOOTH_X = np.array([[1.0, 2.0, 1.0]], np.float32)
+_SMOOTH_Y = _SMOOTH_X.T.copy()
+
+
+def _blur_axis(img: np.ndarray, ax: int) -> float:
+    """One axis of :func:`_blur_effect`: ``sum(min(11|S|, |B|)) / sum(11|S|)`` over skimage's
+    crop [2:-1] of both axes.
+
+    With P the image smoothed by [1, 2, 1] across ``ax``, skimage's Sobel derivative along ``ax``
+    is S(y) = P(y+1) - P(y-1), and the Sobel derivative of the 11-px box filtered image is the
+    telescoped sum B(y) = Q(y+5) - Q(y-6), Q(y) = P(y) + P(y+1). Both borders are reflected
+    (``mode='reflect'`` in scipy = ``BORDER_REFLECT``), so the image is padded by 4 (before) and
+    5 (after) pixels along ``ax`` (and reflected across it by the smoothing): enough for every
+    S and B on the crop.
+    Exact integers (int16: |P| <= 1020, 11|S| <= 11220, |B| <= 2040)."""
+    b4 = cv2.BORDER_REFLECT
+    if ax == 0:
+        n = img.shape[0]
+        p = cv2.filter2D(cv2.copyMakeBorder(img, 4, 5, 0, 0, b4), cv2.CV_16S, _SMOOTH_X, borderType=b4)
+        s = cv2.absdiff(p[7 : n + 4, 2:-1], p[5 : n + 2, 2:-1])
+        q = cv2.add(p[:-1], p[1:])
+        del p
+        b = cv2.absdiff(q[11 : n + 8, 2:-1], q[0 : n - 3, 2:-1])
+    else:
+        n = img.shape[1]
+        p = cv2.filter2D(cv2.copyMakeBorder(img, 0, 0, 4, 5, b4), cv2.CV_16S, _SMOOTH_Y, borderType=b4)
+        s = cv2.absdiff(p[2:-1, 7 : n + 4], p[2:-1, 5 : n + 2])
+        q = cv2.add(p[:, :-1], p[:, 1:])
+        del p
+        b = cv2.absdiff(q[2:-1, 11 : n + 8], q[2:-1, 0 : n - 3])
+    del q
+    s *= 11  # |Sobel| of the image, on the box filter's (unnormalised, x11) scale
+    m1 = cv2.sumElems(s)[0]  # exact: integer sums far below 2**53
+    mn = cv2.sumElems(cv2.min(s, b, dst=b))[0]
+    return mn / m1 if m1 > 0 else 1.0
 
 
 def _blur_effect(d: _Detail) -> float:
@@ -672,25 +878,14 @@ def _blur_effect(d: _Detail) -> float:
     max over the two axes; 0 sharp .. 1 blurred), in integer arithmetic: per axis,
     ``sum(min(|S|, |S_b|)) / sum(|S|)`` with S the Sobel derivative along the axis and S_b that of
     the 11-px box re-blurred image (this equals skimage's ``|M1 - M2| / M1``). On tiles, each axis
-    runs on the stack whose seams its filters do not cross."""
+    runs on the stack whose seams its long filters do not cross."""
     out = []
     for ax in (0, 1):
         img = d.hstack if ax == 0 else d.vstack
         h, w = img.shape
         if h < 5 or w < 5:
             return 1.0
-        if ax == 0:
-            s = cv2.Sobel(img, cv2.CV_16S, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
-            b = cv2.sepFilter2D(img, cv2.CV_16S, _SMOOTH3, _BOX11_DERIV, borderType=cv2.BORDER_REFLECT)
-        else:
-            s = cv2.Sobel(img, cv2.CV_16S, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
-            b = cv2.sepFilter2D(img, cv2.CV_16S, _BOX11_DERIV, _SMOOTH3, borderType=cv2.BORDER_REFLECT)
-        s = np.abs(s[2:-1, 2:-1])
-        b = np.abs(b[2:-1, 2:-1])
-        s *= 11  # |Sobel| of the image, on the box filter's (unnormalised, x11) scale
-        m1 = cv2.sumElems(s)[0]  # exact: integer sums far below 2**53
-        mn = cv2.sumElems(np.minimum(s, b, out=b))[0]
-        out.append(mn / m1 if m1 > 0 else 1.0)
+        out.append(_blur_axis(img, ax))
     return float(max(out))
 
 
@@ -700,15 +895,34 @@ def _edge_widths(d: _Detail) -> np.ndarray:
     ~1; a Gaussian blur of sigma widens edges to ~2.5 sigma and lines to ~1.7 sigma."""
     r = d.vstack
     h, w = r.shape
-    gr = np.zeros((h, w), np.uint8)
-    gr[:, :-1] = cv2.absdiff(r[:, 1:], r[:, :-1])
-    gr[:-1, :] = cv2.max(gr[:-1, :], cv2.absdiff(r[1:, :], r[:-1, :]))
+    dx, dy = d.diffs
+    gr = cv2.copyMakeBorder(dx, 0, 0, 0, 1, cv2.BORDER_CONSTANT, value=0)
+    if dy.size:
+        cv2.max(gr[:-1, :], dy, dst=gr[:-1, :])
     rng = cv2.morphologyEx(r, cv2.MORPH_GRADIENT, _K15)
-    sel = (gr >= 4) & (rng >= 24) & (gr == cv2.dilate(gr, _K3))
-    ok = d.row_ok(8)
-    if ok is not None:
-        sel &= ok[:, None]
-    return rng[sel].astype(np.float32) / gr[sel]
+    sel = gr == cv2.dilate(gr, None)  # None: the 3x3 square
+    sel &= gr >= 4
+    sel &= rng >= 24
+    for s in d.seams():  # near a seam the 15x15 window and the steps reach into the next tile
+        sel[max(0, s - 8) : s + 8] = False
+    idx = np.flatnonzero(sel)
+    return rng.ravel()[idx].astype(np.float32) / gr.ravel()[idx]
+
+
+def _percentile(a: np.ndarray, q: float) -> float:
+    """``float(np.percentile(a, q))`` (linear interpolation) of a non-empty 1-D float32 array
+    without NaNs, with the same float32 arithmetic, but one partition and no Python overhead.
+    ``a`` is reordered."""
+    n = a.size
+    v = (n - 1) * (q / 100.0)
+    if v >= n - 1:
+        return float(a.max())
+    lo = max(0, math.floor(v))
+    a.partition(lo)
+    x0, x1 = a[lo], a[lo + 1 :].min()
+    t = v - lo
+    diff = x1 - x0
+    return float(x1 - diff * (1 - t) if t >= 0.5 else x0 + diff * t)
 
 
 def _blockiness(d: _Detail, jpeg_grid: bool) -> float | None:
@@ -720,27 +934,36 @@ def _blockiness(d: _Detail, jpeg_grid: bool) -> float | None:
     h, w = r.shape
     if h < 16 or w < 16:
         return None
-    dxs = cv2.reduce(cv2.absdiff(r[:, 1:], r[:, :-1]), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
-    dys = cv2.reduce(cv2.absdiff(r[1:, :], r[:-1, :]), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
-    dys = dys.astype(np.float64)
-    ycnt = np.full(dys.size, float(w))
-    if not d.whole:  # the difference across a seam joins two tiles
-        t = d.tiles[0].shape[0]
-        for j in range(1, len(d.tiles)):
-            dys[j * t - 1] = 0.0
-            ycnt[j * t - 1] = 0.0
-    num = den = ncnt = dcnt = 0.0
-    for sums, cnt in ((dxs.astype(np.float64), np.full(dxs.size, float(h))), (dys, ycnt)):
-        ph = np.arange(sums.size) % 8
-        ps = np.bincount(ph, weights=sums, minlength=8)
-        pc = np.bincount(ph, weights=cnt, minlength=8)
-        if pc.min() <= 0:
-            return None
-        p = 7 if jpeg_grid else int(np.argmax(ps / pc))
-        num += ps[p]
-        ncnt += pc[p]
-        den += ps.sum() - ps[p]
-        dcnt += pc.sum() - pc[p]
+    dx, dy = d.diffs
+    seams = [s - 1 for s in d.seams()]  # rows of dy whose difference joins two tiles: left out
+    # pixels per phase k (column k + 8j of dx, row k + 8j of dy)
+    pcx = [h * len(range(k, w - 1, 8)) for k in range(8)]
+    pcy = [w * (len(range(k, h - 1, 8)) - sum(1 for r in seams if r % 8 == k)) for k in range(8)]
+    if min(pcx) <= 0 or min(pcy) <= 0:
+        return None
+    if jpeg_grid:  # phase 7 only: its sums and the totals (exact integers)
+        tx, ty = int(cv2.sumElems(dx)[0]), int(cv2.sumElems(dy)[0])
+        px7, py7 = int(dx[:, 7::8].sum()), int(cv2.sumElems(dy[7::8])[0])
+        for r in seams:
+            row = int(cv2.sumElems(dy[r])[0])
+            ty -= row
+            py7 -= row if r % 8 == 7 else 0
+        num, ncnt = float(px7 + py7), float(pcx[7] + pcy[7])
+        den, dcnt = float(tx - px7 + ty - py7), float(sum(pcx) - pcx[7] + sum(pcy) - pcy[7])
+    else:  # the strongest phase per axis
+        depth = cv2.CV_32S if max(h, w) * 255 < 2**31 else cv2.CV_64F  # exact integer sums
+        dxs = cv2.reduce(dx, 0, cv2.REDUCE_SUM, dtype=depth).ravel().tolist()  # column sums of |dx|
+        dys = cv2.reduce(dy, 1, cv2.REDUCE_SUM, dtype=depth).ravel().tolist()  # row sums of |dy|
+        for r in seams:
+            dys[r] = 0
+        num = den = ncnt = dcnt = 0.0
+        for sums, pc in ((dxs, pcx), (dys, pcy)):
+            ps = [float(sum(sums[k::8])) for k in range(8)]
+            p = max(range(8), key=lambda k: ps[k] / pc[k])  # the first of equal maxima
+            num += ps[p]
+            ncnt += pc[p]
+            den += math.fsum(ps) - ps[p]
+            dcnt += sum(pc) - pc[p]
     at, off = num / ncnt, den / dcnt
     if at < 1e-3 and off < 1e-3:  # perfectly flat: nothing to judge
         return None
@@ -772,7 +995,7 @@ def measure(
     """
     p = get_preset(preset)
     out = LoadedImage(path="" if path is None else os.fspath(path))
-    check = ImageCheck(path=out.path, keep=False, preset=_preset_name(p))
+    check = _Result(out.path, _preset_name(p))
     metrics = check.metrics
     fail: list[tuple[str, float | None, str | None]] = []
 
@@ -796,14 +1019,9 @@ def measure(
             return _finish(check, out, fail)
         fast = isinstance(p, DefaultPreset) and p.fast_decode
         try:
-            gimg = _decode(im, "L", fast, out)
+            g = _decode_gray(im, fast, out)
         except _Fail as f:
             return _finish(check, out, fail or [(f.code, f.value, f.detail)])
-        g = np.asarray(gimg)
-        if g.ndim != 2 or g.dtype != np.uint8:
-            g = np.asarray(gimg.convert("L"))
-        if gimg is not im:
-            gimg.close()
     finally:
         im.close()
     if isinstance(p, PaperPreset):
@@ -814,17 +1032,35 @@ def measure(
     return _finish(check, out, fail)
 
 
-def _finish(check: ImageCheck, out: LoadedImage, fail: list[tuple[str, float | None, str | None]]) -> ImageCheck:
-    check.width, check.height = out.width, out.height
-    check.format, check.mode, check.frames = out.format, out.mode, out.frames
+@dataclass
+class _Result:
+    """What :func:`measure` collects before it builds the :class:`ImageCheck`."""
+
+    path: str
+    preset: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+def _finish(check: _Result, out: LoadedImage, fail: list[tuple[str, float | None, str | None]]) -> ImageCheck:
+    reason = value = detail = None
     if fail:
-        check.keep = False
-        check.reason, check.value, check.detail = fail[0]
-        if check.value is not None:
-            check.value = float(check.value)
-    else:
-        check.keep = True
-    return check
+        reason, value, detail = fail[0]
+        if value is not None:
+            value = float(value)
+    return ImageCheck(
+        path=check.path,
+        keep=not fail,
+        reason=reason,
+        value=value,
+        detail=detail,
+        preset=check.preset,
+        width=out.width,
+        height=out.height,
+        format=out.format,
+        mode=out.mode,
+        frames=out.frames,
+        metrics=check.metrics,
+    )
 
 
 def _paper_checks(g: np.ndarray, p: PaperPreset, m: dict[str, float | None], failed: Any) -> None:
@@ -865,8 +1101,9 @@ def _default_checks(
     g: np.ndarray, p: DefaultPreset, m: dict[str, float | None], failed: Any, *, jpeg_grid: bool, full: bool
 ) -> None:
     c = _coarse(g, p.coarse_max_side)
+    ink = _ink(c, p.white_level)
     # layout: blank white frame around the content
-    margin = _white_margin(c, p.white_level, p.margin_row_ink)
+    margin = _white_margin(c, p.white_level, p.margin_row_ink, ink)
     m["white_margin"] = margin
     if margin > p.max_white_margin and failed(WHITE_BORDER, margin):
         return
@@ -876,7 +1113,7 @@ def _default_checks(
     m["contrast"] = contrast
     if contrast < p.min_contrast and failed(LOW_DETAIL, contrast, "contrast"):
         return
-    fw = _flat_white(c, p.white_level)
+    fw = _flat_white(c, p.white_level, ink)
     m["flat_white"] = fw
     if fw >= p.lineart_strict_flat_white:
         ew_max: float | None = p.max_edge_width_strict
@@ -893,8 +1130,8 @@ def _default_checks(
     if ew_max is not None or full:
         widths = _edge_widths(d)
         m["edge_points"] = float(widths.size)
-        if widths.size >= p.min_edge_points:
-            ew = float(np.percentile(widths, p.edge_width_percentile))
+        if widths.size >= p.min_edge_points and widths.size:
+            ew = _percentile(widths, p.edge_width_percentile)
         m["edge_width"] = ew
         if (
             ew_max is not None
