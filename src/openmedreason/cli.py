@@ -167,8 +167,16 @@ def run(
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2)
         print(json.dumps(report, indent=2, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
-        if not report["llm_steps"]:
-            console.print("no LLM step in this pipeline: 0 calls, 0 tokens, $0.")
+        ests = [e for e in report["llm_steps"].values() if isinstance(e, dict)]
+        if not ests:
+            console.print("no LLM step in this pipeline (offline engine): 0 calls, 0 tokens, $0.")
+            return
+        calls = sum(e.get("calls", 0) for e in ests)
+        tokens = sum(e.get("prompt_tokens", 0) + e.get("completion_tokens", 0) for e in ests)
+        cost = sum(e.get("cost_usd", 0.0) for e in ests)
+        console.print(f"estimate: {calls:,} LLM calls, {tokens:,} tokens, ${cost:,.2f}")
+        if calls and not cost:
+            console.print("no prices configured: set price_input_per_mtok / price_output_per_mtok in \\[llm.*] for a cost")
         return
     result = _run(sources, out, config, ov, workers, None, max_cost_usd=max_cost, no_cache=no_cache)
     print_funnel(result)
