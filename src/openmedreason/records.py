@@ -92,6 +92,12 @@ class Panel(Record):
     modality: str | None = Field(default=None, description="secondary modality: CT, MRI, US, X-ray, histology, …")
     provenance: list[Provenance] = Field(default_factory=list)
 
+    @property
+    def shows_whole_figure(self) -> bool:
+        """A panel of a compound figure whose source has no separate panel image: the image shown
+        for it is the whole figure, so prompts must say which part is meant."""
+        return self.panel is not None and (self.image_path is None or self.image_path == self.full_image_path)
+
     def all_context(self) -> str:
         """Every citing paragraph of the figure, in article order (the full-figure context)."""
         return "\n\n".join(p.text for p in self.citing_paragraphs)

@@ -262,6 +262,12 @@ def panel_description(panel: Panel) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _attached_note(panel: Panel) -> str:
+    if panel.shows_whole_figure:
+        return f"Attached: the figure image; {panel_description(panel)[0]} is one part of it."
+    return "Attached: the panel image."
+
+
 class A2Text(LLMStep):
     """A2: text usability verdict, then the panel's context and modality (see module doc)."""
 
@@ -295,12 +301,7 @@ class A2Text(LLMStep):
         images: list[ImageInput] = []
         if cfg.verdict_image_detail != "none" and panel.image_path:
             images.append(ImageInput(path=panel.image_path, detail=cfg.verdict_image_detail))
-            whole = panel.panel is not None and panel.image_path == panel.full_image_path
-            note = (
-                f"Attached: the figure image; {panel_description(panel)[0]} is one part of it."
-                if whole
-                else "Attached: the panel image."
-            )
+            note = _attached_note(panel)
         else:
             note = "No image is attached; judge alignment from the text alone."
         system, user = tpl.render(image_note=note, **self._fenced(panel))
@@ -321,12 +322,7 @@ class A2Text(LLMStep):
             note = "Attached: first the whole figure, then the panel."
         elif own or full:
             images = [ImageInput(path=own or full, detail=detail)]  # type: ignore[arg-type]
-            whole = panel.panel is not None and (own is None or own == full)
-            note = (
-                f"Attached: the figure image; {panel_description(panel)[0]} is one part of it."
-                if whole
-                else "Attached: the panel image."
-            )
+            note = _attached_note(panel)
         else:
             note = "No image is attached."
         system, user = tpl.render(image_note=note, **self._fenced(panel))

@@ -158,8 +158,11 @@ class B1Tasks(LLMStep):
         note = "No image is attached."
         if cfg.image_detail != "none" and (panel.image_path or panel.full_image_path):
             images.append(ImageInput(path=panel.image_path or panel.full_image_path, detail=cfg.image_detail))  # type: ignore[arg-type]
-            whole = panel.panel is not None and panel.image_path in (None, panel.full_image_path)
-            note = f"Attached: the figure image; panel {panel.panel} is one part of it." if whole else "Attached: the panel image."
+            note = (
+                f"Attached: the figure image; panel {panel.panel} is one part of it."
+                if panel.shows_whole_figure
+                else "Attached: the panel image."
+            )
         system, user = tpl.render(
             categories=categories_block(),
             modality=modality,

@@ -207,11 +207,11 @@ def _image_note(plan: QuestionPlan) -> str:
     if plan.image_scope == "full":
         return "the whole figure (all of its panels)"
     p = plan.panel
-    if p.panel and p.image_path and p.image_path != p.full_image_path:
-        return "one panel of a larger figure (only this panel is visible to the student)"
-    if p.panel:
+    if p.shows_whole_figure:
         # the source has no separate panel image: the whole figure is attached, so say which part
         return f"the whole figure; the question is about its panel {p.panel} only"
+    if p.panel:
+        return "one panel of a larger figure (only this panel is visible to the student)"
     return "the figure image"
 
 
