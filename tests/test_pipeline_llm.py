@@ -55,7 +55,9 @@ KNOBS = dict(
 
 def config(server: FakeOpenAIServer, **llm: object) -> RunConfig:
     """llm mode, 2 shards, prices set so that the run has a cost (and a budget can stop it)."""
-    endpoint = fast_config(server, price_input_per_mtok=1.0, price_output_per_mtok=1.0, **llm).model_dump()
+    # a generous timeout: timeouts are not under test here, and a retry on a loaded box would add a call
+    settings = {"timeout_s": 30.0, **llm}
+    endpoint = fast_config(server, price_input_per_mtok=1.0, price_output_per_mtok=1.0, **settings).model_dump()
     return RunConfig(engine="llm", shard_size=1, steps={"ingest": {"field_map": "medcorpus"}}, llm={"default": endpoint})
 
 
