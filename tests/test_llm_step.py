@@ -66,7 +66,8 @@ def shards() -> list[Shard]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_llm_step_in_executor_is_cached_and_provenanced(server, tmp_path, workers):
-    llm = {"default": fast_config(server, timeout_s=30.0)  # timeouts are not under test; a loaded CI box must not retry.model_dump()}
+    # timeouts are not under test here: a loaded CI box must not add a retry (and a call)
+    llm = {"default": fast_config(server, timeout_s=30.0).model_dump()}
     ctx = RunContext(run_dir=tmp_path, llm=llm, workers=workers)
     res = execute(tmp_path, [ToyJudge().bind(ctx)], shards(), workers=workers)
     assert res["steps"]["toy_judge"]["kept"] == 12
