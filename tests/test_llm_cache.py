@@ -142,3 +142,31 @@ def test_cache_ignores_entries_without_choices(tmp_path):
         [r] = eng.complete_many([req()])
         eng.close()
         assert r.ok and r.calls == 1
+
+
+def _open_at_once(path: str, start, n: int) -> None:
+    from openmedreason.llm.cache import LLMCache
+
+    start.wait(30)
+    cache = LLMCache(path)
+    cache.put(f"k{n}", {"text": "scripted"}, step="s", template="t", model="m", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+    cache.flush()
+
+
+def test_processes_creating_the_same_cache_at_once(tmp_path):
+    """Switching a new file to WAL races between processes; none may fail with 'database is locked'."""
+    import multiprocessing
+
+    from openmedreason.llm.cache import cache_stats
+
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    path = str(tmp_path / "shared" / "cache.sqlite")
+    procs = [ctx.Process(target=_open_at_once, args=(path, start, n)) for n in range(6)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert cache_stats(path)["entries"] == 6

@@ -79,10 +79,9 @@ class Budget:
         self._refreshed = 0.0
         self._con: sqlite3.Connection | None = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self._con.execute("PRAGMA journal_mode=WAL")
-            self._con.execute("PRAGMA busy_timeout=60000")
+            from openmedreason.llm.cache import connect_sqlite
+
+            self._con = connect_sqlite(self.path)
             self._con.execute("CREATE TABLE IF NOT EXISTS spend (process TEXT PRIMARY KEY, usd REAL NOT NULL, updated REAL NOT NULL)")
             self._refresh(force=True)
 

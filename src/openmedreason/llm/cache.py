@@ -56,12 +56,27 @@ def cache_key(material: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({"cache_format": CACHE_FORMAT, **material}).encode()).hexdigest()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection that several processes can open at once (cache, spend ledger).
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite does not always wait on the
+    busy handler for it: two processes creating the same file at the same moment can get
+    "database is locked" at once. WAL is persistent, so retry until one of them has set it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
     con.execute("PRAGMA busy_timeout=60000")
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    con.execute("PRAGMA synchronous=NORMAL")
     return con
 
 
@@ -77,7 +92,7 @@ class LLMCache:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple] = {}
         self._last_flush = time.monotonic()
-        self._con = _connect(self.path)
+        self._con = connect_sqlite(self.path)
         with self._lock:
             self._con.executescript(_SCHEMA)
             self._con.execute("INSERT OR IGNORE INTO meta(k, v) VALUES ('format', ?)", (str(CACHE_FORMAT),))
@@ -159,7 +174,7 @@ def cache_stats(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         return {"path": str(path), "exists": False, "entries": 0, "bytes": 0, "steps": {}, "models": {}}
-    con = _connect(path)
+    con = connect_sqlite(path)
     try:
         con.executescript(_SCHEMA)
         q = "SELECT {col}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), SUM(batch) FROM responses GROUP BY {col}"
@@ -190,7 +205,7 @@ def cache_clear(path: str | Path, step: str | None = None) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    con = _connect(path)
+    con = connect_sqlite(path)
     try:
         con.executescript(_SCHEMA)
         if step is None:
