@@ -144,13 +144,14 @@ def test_cache_ignores_entries_without_choices(tmp_path):
         assert r.ok and r.calls == 1
 
 
-def _open_at_once(path: str, start, n: int) -> None:
+def _open_at_once(folder: str, barrier, n: int, rounds: int) -> None:
     from openmedreason.llm.cache import LLMCache
 
-    start.wait(30)
-    cache = LLMCache(path)
-    cache.put(f"k{n}", {"text": "scripted"}, step="s", template="t", model="m", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
-    cache.flush()
+    for r in range(rounds):
+        barrier.wait(30)  # every process opens the same new file at the same moment
+        cache = LLMCache(f"{folder}/cache-{r}.sqlite")
+        cache.put(f"k{n}", {"text": "scripted"}, step="s", template="t", model="m", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+        cache.flush()
 
 
 def test_processes_creating_the_same_cache_at_once(tmp_path):
@@ -160,13 +161,12 @@ def test_processes_creating_the_same_cache_at_once(tmp_path):
     from openmedreason.llm.cache import cache_stats
 
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
-    path = str(tmp_path / "shared" / "cache.sqlite")
-    procs = [ctx.Process(target=_open_at_once, args=(path, start, n)) for n in range(6)]
+    n, rounds = 4, 40
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_open_at_once, args=(str(tmp_path), barrier, k, rounds)) for k in range(n)]
     for p in procs:
         p.start()
-    start.set()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 6
-    assert cache_stats(path)["entries"] == 6
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * n
+    assert all(cache_stats(tmp_path / f"cache-{r}.sqlite")["entries"] == n for r in range(rounds))
