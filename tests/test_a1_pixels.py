@@ -795,3 +795,22 @@ def test_tiny_images_never_raise(tmp_path: Path) -> None:
             step, full = measure(path, p), measure(path, p, full=True)
             assert (step.keep, step.reason, step.value) == (full.keep, full.reason, full.value), (h, w, kind)
             assert step.keep or step.reason in REASONS
+
+
+def test_step_measures_a_shared_figure_once(monkeypatch):
+    """Panels of a compound figure that share the figure's file are decoded once per batch, with
+    the same verdict and dimensions for each."""
+    import openmedreason.quality.pixels as px
+
+    calls = []
+    real = px.measure
+    monkeypatch.setattr(px, "measure", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
+    fig = str(MED / "retina.jpg")
+    panels = [
+        Panel(id=f"a|f1|{p}", source="s", source_kind="jats", article_id="a", panel=p, image_path=fig, full_image_path=fig)
+        for p in "ABC"
+    ]
+    res = A1Pixels().process(panels)
+    assert calls == [fig]
+    assert [r.id for r in res.kept] == [p.id for p in panels]
+    assert len({(r.image_width, r.image_height) for r in res.kept}) == 1

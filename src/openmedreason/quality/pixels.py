@@ -1197,8 +1197,13 @@ class A1Pixels(Step[Panel, Panel]):
         cfg: A1PixelsConfig = self.config  # type: ignore[assignment]
         preset = cfg.resolved()
         result: StepResult[Panel] = StepResult()
+        # the panels of a compound figure without panel images share the figure's file:
+        # decode and measure it once per batch
+        checks: dict[str | None, ImageCheck] = {}
         for panel in batch:
-            chk = measure(panel.image_path, preset, max_pixels=cfg.max_pixels)
+            chk = checks.get(panel.image_path)
+            if chk is None:
+                chk = checks[panel.image_path] = measure(panel.image_path, preset, max_pixels=cfg.max_pixels)
             rec = panel
             if chk.width is not None and chk.height is not None:
                 rec = panel.model_copy(update={"image_width": chk.width, "image_height": chk.height})
