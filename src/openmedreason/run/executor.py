@@ -290,7 +290,8 @@ def funnel(root: Path, steps: Sequence[Step], n_shards: int) -> dict[str, Any]:
                 complete += 1
                 _add_counts(totals, m)
         rejected = dict(sorted(totals["rejected"].items()))
-        assert totals["in"] == totals["kept"] + sum(rejected.values()), f"funnel mismatch in {step.name}"
+        if totals["in"] != totals["kept"] + sum(rejected.values()):  # not an assert: must hold under python -O
+            raise RuntimeError(f"funnel mismatch in {step.name}: in != kept + rejected")
         out["steps"][step.name] = {
             "in": totals["in"],
             "kept": totals["kept"],
