@@ -312,6 +312,17 @@ def cache_clear_cmd(
     out_console.print(f"removed {n} cached entr{'y' if n == 1 else 'ies'}")
 
 
+# Commands of the later stages live beside their code; each module registers its own.
+from openmedreason.bench.cli import register as _register_bench  # noqa: E402
+from openmedreason.build.cli import register as _register_build  # noqa: E402
+from openmedreason.build.export.cli import register as _register_export  # noqa: E402
+from openmedreason.evaluate.cli import register as _register_evaluate  # noqa: E402
+from openmedreason.train.cli import register as _register_train  # noqa: E402
+
+for _register in (_register_build, _register_export, _register_bench, _register_evaluate, _register_train):
+    _register(app)
+
+
 def default_corpus() -> Path | None:
     """The bundled demo corpus: ./examples/corpus, else the source tree's copy (editable install)."""
     for base in (Path.cwd(), *Path(__file__).resolve().parents):

@@ -41,6 +41,10 @@ class RunConfig(BaseModel):
         "or auto = llm when an endpoint is configured, else offline",
     )
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-step config, keyed by step name")
+    build: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dataset build settings, the [build] table (validated by openmedreason.build.config.BuildConfig; docs/dataset.md)",
+    )
     llm: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="LLM endpoints: [llm.default] and [llm.<step>] sections (docs/llm.md); never an API key",

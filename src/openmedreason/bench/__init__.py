@@ -1,0 +1,1 @@
+"""OpenMedReason-Bench: item schema, loaders, answer extraction, PKR rubric and score math."""

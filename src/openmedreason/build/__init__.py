@@ -1,0 +1,1 @@
+"""Dataset build: dedup, article-grouped split, decontamination, HF Parquet + card, exports."""

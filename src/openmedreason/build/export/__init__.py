@@ -1,0 +1,1 @@
+"""Exports of a built dataset to training and evaluation frameworks (``omr export``)."""

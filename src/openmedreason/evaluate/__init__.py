@@ -1,0 +1,1 @@
+"""Evaluation: model runners, PKR judging, pairwise preference, results and reports."""

@@ -1,0 +1,1 @@
+"""Training recipes on TRL (SFT, GRPO) with rewards shared with evaluation."""
