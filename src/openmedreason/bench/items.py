@@ -85,3 +85,21 @@ class BenchItem(BaseModel):
 
             return Path(self.image_path).read_bytes()
         return None
+
+
+class UnitJudgement(BaseModel):
+    """A judge's verdict on one rubric unit for one response (METHOD §7).
+
+    ``p``: presence 0 (absent, or only inside an option-elimination / counterfactual clause),
+    1 (vague), 2 (clearly asserted). ``c``: correctness +1, −1, 0 (n/a); ``None`` when the judge
+    cannot judge correctness (the offline lexical judge). ``error`` set means the judge failed on
+    this unit: it is excluded from every score and counted.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    unit_id: str
+    axis: Axis
+    p: int | None = Field(default=None, ge=0, le=2)
+    c: int | None = Field(default=None, ge=-1, le=1)
+    error: str | None = None
+    note: str | None = None
