@@ -52,6 +52,12 @@ def load_all() -> None:
         "openmedreason.curate.trace_checks",
         "openmedreason.curate.c1",
         "openmedreason.curate.c2",
+        "openmedreason.build.dedup",
+        "openmedreason.build.decontam",
+        "openmedreason.build.export.validate",
+        "openmedreason.bench.rubric",
+        "openmedreason.evaluate.judge",
+        "openmedreason.train.data",
     ):
         importlib.import_module(mod)
 
