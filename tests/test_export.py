@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dataset_factory import MEDICAL_IMAGES, make_dataset
+from openmedreason.bench.protocol import strip_instruction, user_text
 from openmedreason.build.export.core import export_dataset
 from openmedreason.build.export.registry import FORMATS
 from openmedreason.build.hf import count_rows, read_rows, split_files, write_split
@@ -131,9 +132,10 @@ def _check_prompt(row, src):
     assert [m["role"] for m in prompt] == ["system", "user"]
     user = prompt[-1]["content"]
     assert [b["type"] for b in user] == ["image", "text"]
-    assert user[1]["text"] == src["question"] and row["answer"] == src["answer"] and row["options"] == src["options"]
+    # the user turn is the evaluation protocol's: question, blank line, instruction
+    assert user[1]["text"] == user_text(src["question"]) and row["answer"] == src["answer"] and row["options"] == src["options"]
     assert len(row["images"]) == 1 and isinstance(row["images"][0], Image.Image) and row["images"][0].mode == "RGB"
-    lines = user[1]["text"].split("\n")
+    lines = strip_instruction(user[1]["text"]).split("\n")
     assert [l[:2] for l in lines[-len(row["options"]) :]] == [f"{x}." for x in row["letters"]]
     assert row["answer"] in row["letters"] and len(row["letters"]) == len(row["options"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from openmedreason.bench.protocol import user_text
 from openmedreason.train.config import DataSource, GRPORecipe, LoraSpec, ModelSpec, SFTRecipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def test_dataset_rows_become_trl_rows(stack, dataset, tmp_path):
     for ex in ds:
         src = rows[ex["id"]]
         assert [m["role"] for m in ex["prompt"]] == ["system", "user"]
-        assert ex["prompt"][1]["content"] == src["question"]
+        assert ex["prompt"][1]["content"] == user_text(src["question"])  # the evaluation protocol's user turn
         assert ex["completion"] == [{"role": "assistant", "content": src["reasoning"]}]
         assert len(ex["images"]) == 1 and ex["images"][0].size[0] > 0
     files = report.as_dict()["sources"][0]["files"]

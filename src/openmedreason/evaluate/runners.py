@@ -34,11 +34,7 @@ SAMPLE_TEMPERATURE = 1.2
 SAMPLE_TOP_P = 0.95
 STOP = "</answer>"
 
-#: the last line of the user turn, by item kind (part of every prompt hash)
-INSTRUCTIONS = {
-    "mcq": "Choose one option. End with <answer>X</answer>, where X is its letter.",
-    "open": "Answer briefly. End with <answer>your short answer</answer>.",
-}
+from openmedreason.bench.protocol import INSTRUCTIONS  # noqa: E402  (shared with exports and training)
 
 BUILTIN_PREFIX = "builtin:"
 HF_PREFIX = "hf:"

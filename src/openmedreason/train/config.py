@@ -36,16 +36,14 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from openmedreason.bench.protocol import INSTRUCTIONS, system_prompt
+
 #: System turn of every row built from our dataset, for training and for evaluating a trained
 #: model: it asks for the dataset's own trace format (``<think>…</think>`` then
-#: ``<answer>X</answer>``). Same text as the TRL export's system prompt
+#: ``<answer>X</answer>``), the evaluation protocol's (openmedreason.bench.protocol). Same text as the TRL export's system prompt
 #: (``openmedreason.build.export.common.SYSTEM_PROMPT``), so training on the dataset folder and on
 #: its TRL export gives the same rows.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a medical imaging expert. Answer the multiple-choice question about the image. "
-    "Think step by step inside <think></think>, then give only the letter of the correct option "
-    "inside <answer></answer>, and nothing after </answer>."
-)
+DEFAULT_SYSTEM_PROMPT = system_prompt()
 
 
 class ModelSpec(BaseModel):
@@ -153,7 +151,7 @@ class Recipe(BaseModel):
     system_prompt: str | None = Field(
         default=DEFAULT_SYSTEM_PROMPT, description="system turn of rows built from our dataset; None = no system turn"
     )
-    instruction: str = Field(default="", description="text appended to each question of our dataset in the user turn")
+    instruction: str = Field(default=INSTRUCTIONS["mcq"], description="text appended to each question of our dataset in the user turn (default: the evaluation protocol's)")
 
     learning_rate: float = Field(default=5e-7, gt=0.0)
     lr_scheduler_type: str = Field(default="cosine")

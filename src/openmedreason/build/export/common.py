@@ -9,19 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openmedreason.bench.protocol import FORMAT_INSTRUCTION, system_prompt
 from openmedreason.build.export.validate import ExportItem, RecordSpec
 
-#: system prompt of the conversational exports (the answer format our traces follow)
-SYSTEM_PROMPT = (
-    "You are a medical imaging expert. Answer the multiple-choice question about the image. "
-    "Think step by step inside <think></think>, then give only the letter of the correct option "
-    "inside <answer></answer>, and nothing after </answer>."
-)
+#: system prompt of the conversational exports: the evaluation protocol's, so a model trained on an
+#: export is evaluated with the turns it learned (openmedreason.bench.protocol)
+SYSTEM_PROMPT = system_prompt()
 
-#: instruction appended to the bare question where a target has no system turn (EasyR1, verl)
-ANSWER_INSTRUCTION = (
-    "Think step by step inside <think></think>, then give only the letter of the correct option inside <answer></answer>."
-)
+#: instruction appended to the question where a target has no system turn (EasyR1, verl)
+ANSWER_INSTRUCTION = FORMAT_INSTRUCTION
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from openmedreason.bench.protocol import strip_instruction, user_text
 from openmedreason.build.export.common import Exporter, JsonListSink
 from openmedreason.build.export.validate import ExportItem, RecordSpec, count_image_tokens, require_trace
 
@@ -44,7 +45,7 @@ def _letters(record: dict[str, Any]) -> str:
     from openmedreason.build.export.validate import parse_question
 
     user = next(m["content"] for m in record["messages"] if m["role"] == "user")
-    _, options = parse_question(user.replace("<image>", ""))
+    _, options = parse_question(strip_instruction(user.replace("<image>", "")))
     return "ABCDEFGHIJ"[: len(options)]
 
 
@@ -70,7 +71,7 @@ class LlamaFactoryExporter(Exporter):
         messages = []
         if self.ctx.options.system_prompt:
             messages.append({"role": "system", "content": self.ctx.options.system_prompt})
-        messages.append({"role": "user", "content": "<image>" + item.question})
+        messages.append({"role": "user", "content": "<image>" + user_text(item.question)})
         messages.append({"role": "assistant", "content": trace})
         # _split is for the validator only; it is not written
         return {"messages": messages, "images": [self.image_relpath(item)], "_split": item.split}

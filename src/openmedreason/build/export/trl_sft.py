@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from openmedreason.bench.protocol import user_text
 from openmedreason.build.export.common import ParquetExporter, list_feature, meta_columns, meta_features
 from openmedreason.build.export.validate import ExportItem, RecordSpec, count_image_blocks, require_trace
 
@@ -22,7 +23,7 @@ def prompt_messages(item: ExportItem, system_prompt: str | None) -> list[dict[st
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": item.question}]})
+    messages.append({"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": user_text(item.question)}]})
     return messages
 
 
