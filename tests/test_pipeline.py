@@ -59,6 +59,22 @@ def test_demo_command_runs_offline(tmp_path):
     assert (tmp_path / "demo" / "report.md").exists() and (tmp_path / "demo" / "report" / "funnel.png").exists()
     # the licence travels with every record
     assert all(r["license"] in ("cc-by", "cc0", "cc-by-sa", "public-domain") for r in rows(tmp_path / "demo", "a1_pixels", "kept"))
+    # then the dataset build, the rubric of the test split and the evaluation of two baselines
+    from datasets import load_dataset
+
+    demo = tmp_path / "demo"
+    ds = load_dataset("parquet", data_dir=str(demo / "dataset" / "data"), cache_dir=str(tmp_path / "hf"))
+    n_verified = fun["steps"]["c2_verify"]["kept"]
+    assert set(ds) == {"train", "test"} and len(ds["train"]) + len(ds["test"]) <= n_verified
+    assert ds["test"][0]["image"].size[0] > 0 and ds["test"][0]["perception"]  # units filled offline
+    assert not set(ds["train"]["article_id"]) & set(ds["test"]["article_id"])
+    assert (demo / "dataset" / "README.md").exists()
+    ref = json.loads((demo / "eval" / "reference" / "results.json").read_text())
+    blind = json.loads((demo / "eval" / "blind" / "results.json").read_text())
+    assert ref["n_items"] == blind["n_items"] == len(ds["test"])
+    assert ref["accuracy"]["overall"]["mean"] == 1.0  # the oracle replays the gold traces
+    assert len((demo / "eval" / "blind" / "items.jsonl").read_text().splitlines()) == len(ds["test"])
+    assert (demo / "eval" / "compare" / "compare.md").exists()
 
 
 def test_ingest_command_writes_panels(tmp_path):

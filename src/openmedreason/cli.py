@@ -152,6 +152,9 @@ def run(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Run the free steps, then estimate LLM calls, tokens and cost without a paid call."
     ),
+    build: bool = typer.Option(
+        True, "--build/--no-build", help="After the pipeline, build RUN/dataset/ (dedup, decontamination, split, Parquet, card)."
+    ),
 ) -> None:
     """Run the pipeline (ingest → A1 → A2 → B1 → B2 → C1 → C2) over SOURCES into a resumable run directory."""
     ov = _overrides(seed, shard_size, allow_license, field_map, a1_preset)
@@ -180,7 +183,23 @@ def run(
         return
     result = _run(sources, out, config, ov, workers, None, max_cost_usd=max_cost, no_cache=no_cache)
     print_funnel(result)
-    console.print(f"run directory: {out}  (funnel.json, manifest.json, <step>/kept-*.parquet, <step>/rejected-*.parquet)")
+    if build:
+        _build(out, config, ov)
+    console.print(f"run directory: {out}  (funnel.json, manifest.json, <step>/kept-*.parquet, <step>/rejected-*.parquet, dataset/)")
+
+
+def _build(out: Path, config_path: Optional[Path], overrides: dict[str, Any]) -> Any:
+    """The dataset build after a complete pipeline run (``omr build`` does the same on its own)."""
+    from openmedreason.build.dataset import build_dataset
+    from openmedreason.config import load_config
+
+    try:
+        res = build_dataset(out, load_config(config_path, overrides))
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]dataset build failed:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"dataset: {res.dataset_dir}  train {res.train}, test {res.test}, build rejects {res.rejected}")
+    return res
 
 
 @app.command()
@@ -338,7 +357,8 @@ def demo(
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder with articles/ and medical/ (default: bundled)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes."),
 ) -> None:
-    """The main job, offline: the bundled sample articles and medical images through the pipeline."""
+    """The main job, offline: the bundled sample articles and medical images through the pipeline,
+    the dataset build, the rubric of the test split, an evaluation of two built-in baselines and the reports."""
     corpus = corpus or default_corpus()
     if corpus is None or not corpus.is_dir():
         console.print("[red]bundled corpus not found; pass --corpus PATH (a folder with articles/ and medical/)[/red]")
@@ -348,12 +368,49 @@ def demo(
     if medical.exists():
         sources.append(str(medical))
     console.print(f"offline demo on {corpus}: articles and medical images → verified MCQs with reasoning traces")
-    overrides = {"shard_size": 4, "engine": "offline", "steps.ingest.field_map": "medcorpus" if medical.exists() else None}
+    # The sample corpus is tiny: hold out half of it so the benchmark part has items to score.
+    overrides = {
+        "shard_size": 4,
+        "engine": "offline",
+        "steps.ingest.field_map": "medcorpus" if medical.exists() else None,
+        "build": {"test_fraction": 0.5},
+    }
     result = _run(sources, out, None, overrides, workers, None)
     print_funnel(result)
+    built = _build(out, None, overrides)
+
+    from openmedreason.bench.rubric import fill_dataset
+    from openmedreason.evaluate.report import compare
+    from openmedreason.evaluate.run import evaluate
     from openmedreason.report import write_report
 
-    console.print(f"run directory: {out}; report: {write_report(out)}")
+    rub = fill_dataset(built.dataset_dir, engine=None)
+    console.print(f"rubric (offline, cut from the traces' sections): {_rubric_summary(rub)}")
+    ev = out / "eval"
+    console.print(
+        "evaluation: two built-in baselines, not models — builtin:reference replays the gold traces (checks the scoring), "
+        "builtin:blind answers from the text alone; judge: offline-lexical (presence only)"
+    )
+    for name in ("reference", "blind"):
+        res = evaluate(built.dataset_dir, f"builtin:{name}", ev / name, judge="offline")
+        console.print(f"  builtin:{name}: {_eval_summary(res)}  → {ev / name / 'report.md'}")
+    compare(ev / "reference", ev / "blind", ev / "compare", judge="none")
+    console.print(f"run directory: {out}; report: {write_report(out)}; dataset card: {built.dataset_dir / 'README.md'}")
+
+
+def _rubric_summary(res: Any) -> str:
+    if isinstance(res, dict):
+        counts = res.get("units") or res.get("counts") or {}
+        items = res.get("items")
+        return f"{items} items, units {counts}" if items is not None else json.dumps(res, default=str)[:200]
+    return str(res)[:200]
+
+
+def _eval_summary(res: dict[str, Any]) -> str:
+    acc = (res.get("accuracy") or {}).get("overall") or res.get("accuracy") or {}
+    if isinstance(acc, dict) and "mean" in acc:
+        return f"accuracy {100 * acc['mean']:.1f}% over {acc.get('n', '?')} items"
+    return "done"
 
 
 if __name__ == "__main__":  # pragma: no cover

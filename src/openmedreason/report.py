@@ -386,7 +386,35 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "usage": usage,
         "per_instance": _per_instance(usage, funnel, instances["total"] if instances else None),
         "plots": {},
+        "dataset": _dataset(run_dir),
+        "evaluations": _evaluations(run_dir),
     }
+
+
+def _dataset(run_dir: Path) -> dict[str, Any] | None:
+    """The build's split sizes and funnel (``RUN/dataset/build.json``), when the run was built."""
+    build = _load_json(run_dir / "dataset" / "build.json")
+    if build is None:
+        return None
+    split = build.get("split") or {}
+    return {"train": split.get("train"), "test": split.get("test"), "steps": build.get("steps") or {}}
+
+
+def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """Headline figures of every ``RUN/eval/<name>/results.json`` (``omr demo`` writes two)."""
+    out = []
+    for path in sorted((run_dir / "eval").glob("*/results.json")):
+        res = _load_json(path) or {}
+        acc = (res.get("accuracy") or {}).get("overall") or {}
+        model = res.get("model")
+        out.append({
+            "name": path.parent.name,
+            "model": model.get("name") if isinstance(model, dict) else model,
+            "n_items": res.get("n_items"),
+            "accuracy": acc.get("mean"), "lo": acc.get("lo"), "hi": acc.get("hi"),
+            "report": str(path.parent.relative_to(run_dir) / "report.md"),
+        })
+    return out
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -651,6 +679,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             if report["plots"].get("modalities"):
                 L += [f"![modalities]({report['plots']['modalities']})", ""]
 
+    ds = report.get("dataset")
+    if ds is not None:
+        L += ["## Dataset (`dataset/`)", ""]
+        rows = [[name, st.get("in"), st.get("kept"), ", ".join(f"{k}: {v}" for k, v in (st.get("rejected") or {}).items()) or "-"] for name, st in ds["steps"].items()]
+        L += _table(["build stage", "in", "kept", "rejected"], rows)
+        L += [f"Train {ds['train']}, test {ds['test']} (no article and no near-duplicate image in both). Card: `dataset/README.md`.", ""]
+    evals = report.get("evaluations") or []
+    if evals:
+        L += ["## Evaluation (`eval/`)", ""]
+        L += _table(
+            ["run", "model", "items", "strict accuracy %", "95% CI (article-clustered)", "report"],
+            [[e["name"], e["model"], e["n_items"], None if e["accuracy"] is None else round(100 * e["accuracy"], 1),
+              "-" if e["lo"] is None else f"{100 * e['lo']:.1f}–{100 * e['hi']:.1f}", f"`{e['report']}`"] for e in evals],
+        )
     usage = report["usage"]
     L += ["## LLM usage and cost", ""]
     if usage is None:
