@@ -66,6 +66,7 @@ METHODS: dict[str, str] = {
     "regex:dot": "an 'X.' letter at a line start or after 'option'",
     "regex:colon": "an 'X:' letter at a line start or after 'option'",
     "regex:rparen": "an 'X)' letter at a line start or after 'option'",
+    "regex:option": "a letter named as an option, e.g. 'Option C, consolidation, is correct' (before option-text matching)",
     "option_text": "the text of exactly one option (short reply, no negation)",
 }
 
@@ -486,6 +487,8 @@ def _regex_stage(text: str, valid: str, opts: dict[str, str]) -> Extraction | No
         ("dot", re.compile(rf"{lead}([A-Z])\.(?!\w)", re.M | re.I)),
         ("colon", re.compile(rf"{lead}([A-Z]):", re.M | re.I)),
         ("rparen", re.compile(rf"{lead}([A-Z])\)", re.M | re.I)),
+        # "Option C, consolidation, is correct": a named option outranks a match on option text
+        ("option", re.compile(r"\b(?:option|choice)\s+\(?([A-Z])\)?(?!\w)", re.I)),
     )
     for name, rx in formats:
         hits = [m.group(1) for m in rx.finditer(body) if m.group(1).isupper()]
