@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from openmedreason.build.export.core import resolve_splits
-        from openmedreason.build.export.source import count_rows
+        from openmedreason.build.hf import count_rows
 
         try:
             total = sum(

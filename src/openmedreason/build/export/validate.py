@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from openmedreason.build.hf import META_STRINGS
 from openmedreason.reasons import reason
 
 BAD_IMAGE = reason("export.bad_image", "image bytes missing or not decodable (the decoder's error is recorded)")
@@ -41,24 +42,7 @@ LETTERS = "ABCDE"
 MIN_IMAGE_SIDE = 28
 
 #: string metadata columns of contract D carried into the exports that keep metadata
-META_FIELDS = (
-    "article_id",
-    "pmcid",
-    "doi",
-    "license",
-    "figure_id",
-    "panel",
-    "title",
-    "category",
-    "family",
-    "modality_group",
-    "modality",
-    "style",
-    "image_scope",
-    "answer_format",
-    "engine",
-    "image_phash",
-)
+META_FIELDS = tuple(c for c in META_STRINGS if c != "id") + ("image_phash",)
 
 _OPTION_LINE = re.compile(r"^([A-J])\.\s+(.*\S)\s*$")
 _ANSWER_TAG = re.compile(r"<answer>\s*([^<]*?)\s*</answer>", re.S)
