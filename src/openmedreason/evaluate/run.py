@@ -285,7 +285,7 @@ def evaluate(
     model under test), ``env`` (where endpoint variables and keys are read; default
     ``os.environ``), ``runner`` (a ready :class:`~.runners.Runner` instead of one made from
     ``model``), ``hf_options`` (``TransformersRunner`` keyword arguments), ``chunk_size`` (jobs
-    per written chunk; default twice the endpoint's concurrency).
+    per written chunk; default eight times the endpoint's concurrency, so scoring a chunk rarely leaves the endpoint idle).
     """
     from openmedreason.bench.loaders import load_items
 
@@ -367,7 +367,7 @@ def evaluate(
                and not _judge_complete(done[(j.item.id, j.sample)])]
     if chunk_size is None:
         conc = getattr(getattr(getattr(runner, "engine", None), "config", None), "concurrency", 0)
-        chunk_size = max(8, min(256, 2 * conc)) if conc else 64
+        chunk_size = max(8, min(256, 8 * conc)) if conc else 64
     total = len(jobs)
     finished = total - len(todo) - len(rejudge)
     if progress:

@@ -437,7 +437,26 @@ class LLMEngine:
     def cache_key(self, request: LLMRequest) -> str:
         return request_key(self.config, request)
 
-    def _body(self, prep: _Prepared, mode: str) -> dict[str, Any]:
+    async def _image_urls(self, prep: _Prepared) -> dict[str, str]:
+        """The data URLs of the request's images, encoded in a worker thread (Pillow releases the
+        GIL): a large image decoded and downscaled on the event loop would stall every reply."""
+        imgs = [(d, k) for _, _, ims in prep.messages for d, k in ims]
+        if not imgs:
+            return {}
+        cfg = self.config
+
+        def encode() -> dict[str, str]:
+            out = {}
+            for d, k in imgs:
+                try:
+                    out[k["sha256"]] = data_url(d, k["sha256"], cfg.image_max_side, cfg.image_format, cfg.image_jpeg_quality)
+                except Exception:  # undecodable: _body raises ImageError for it
+                    pass
+            return out
+
+        return await asyncio.to_thread(encode)
+
+    def _body(self, prep: _Prepared, mode: str, urls: dict[str, str] | None = None) -> dict[str, Any]:
         cfg = self.config
         req = prep.request
         msgs: list[dict[str, Any]] = []
@@ -450,7 +469,7 @@ class LLMEngine:
             parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
             for data, k in imgs:
                 try:
-                    url = data_url(data, k["sha256"], cfg.image_max_side, cfg.image_format, cfg.image_jpeg_quality)
+                    url = (urls or {}).get(k["sha256"]) or data_url(data, k["sha256"], cfg.image_max_side, cfg.image_format, cfg.image_jpeg_quality)
                 except Exception as exc:  # Pillow raises several types for undecodable data
                     raise ImageError(f"cannot decode image {k['sha256'][:12]}: {exc}") from exc
                 iu: dict[str, Any] = {"url": url}
@@ -622,6 +641,7 @@ class LLMEngine:
         actual = 0.0
         structured = prep.request.response_model is not None
         try:
+            urls = await self._image_urls(prep)
             attempt = 0
             adaptations = 0
             while True:
@@ -636,7 +656,7 @@ class LLMEngine:
                         await rt.tpm.acquire(min(float(prep.est_prompt_tokens + max_out), rt.tpm.max_rate))
                     version = self._adapt_version
                     try:
-                        body = self._body(prep, self._mode)
+                        body = self._body(prep, self._mode, urls)
                     except ImageError as exc:
                         return _Failure(IMAGE_UNREADABLE, str(exc))
                     payload = json.dumps(body, ensure_ascii=False).encode()

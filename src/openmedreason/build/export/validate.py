@@ -16,9 +16,12 @@ A failure raises :class:`Reject`; the caller writes the row to ``<format>/reject
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -114,24 +117,56 @@ def normalize_image(data: Any, *, min_side: int = MIN_IMAGE_SIDE) -> NormImage:
     white), alpha is composited on white, CMYK / palette / grey go through ``convert("RGB")``; the
     result is re-encoded as JPEG (quality 95) when the source was a JPEG, else as PNG.
     """
-    from PIL import Image
-
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise Reject(BAD_IMAGE, "no image bytes")
     data = bytes(data)
+    # rows of one panel share its image: decode and convert each distinct image once
+    key = (hashlib.sha1(data).digest(), min_side)
+    with _NORM_LOCK:
+        hit = _NORM_MEMO.get(key)
+        if hit is not None:
+            _NORM_MEMO.move_to_end(key)
+    if hit is None:
+        try:
+            hit = _normalize_image(data, min_side)
+        except Reject as exc:
+            hit = exc
+        with _NORM_LOCK:
+            _NORM_MEMO[key] = hit
+            while len(_NORM_MEMO) > _NORM_MEMO_MAX:
+                _NORM_MEMO.popitem(last=False)
+    if isinstance(hit, Reject):
+        raise Reject(hit.code, hit.detail)
+    # a pass-through image is returned with the caller's bytes (the memo keeps metadata only)
+    return NormImage(data, hit.ext, hit.size, None) if hit.converted is None else hit
+
+
+_NORM_MEMO: OrderedDict[tuple[bytes, int], Any] = OrderedDict()
+_NORM_MEMO_MAX = 256
+_NORM_LOCK = threading.Lock()
+
+
+def _normalize_image(data: bytes, min_side: int) -> NormImage:
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
+            fmt = im.format or "?"
+            w, h = im.size
+            keep = im.mode == "RGB" and fmt in ("JPEG", "PNG") and getattr(im, "n_frames", 1) == 1
+            if keep and fmt == "JPEG":
+                # the bytes are kept as they are, so the decode only proves they are sound: a
+                # DCT-scaled decode (1/8) still reads every scan, and costs a fraction of a full one
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
             im.load()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors)
         raise Reject(BAD_IMAGE, f"undecodable: {type(exc).__name__}: {exc}"[:300]) from None
-    fmt = im.format or "?"
-    w, h = im.size
     if min(w, h) < min_side:
         raise Reject(IMAGE_TOO_SMALL, f"{w}x{h} px < {min_side}")
-    if im.mode == "RGB" and fmt in ("JPEG", "PNG") and getattr(im, "n_frames", 1) == 1:
-        return NormImage(data, "jpg" if fmt == "JPEG" else "png", (w, h), None)
+    if keep:
+        return NormImage(b"", "jpg" if fmt == "JPEG" else "png", (w, h), None)
     mode = im.mode
     try:
         rgb = _to_rgb(im)

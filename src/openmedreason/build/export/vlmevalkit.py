@@ -59,8 +59,8 @@ class VlmEvalKitExporter(Exporter):
         path = self.ctx.work / self.file_name(split)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = path.open("w", encoding="utf-8", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        self._w.writeheader()
+        self._w = csv.writer(self._f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        self._w.writerow(COLUMNS)
 
     def convert(self, item: ExportItem) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -81,7 +81,9 @@ class VlmEvalKitExporter(Exporter):
         return row
 
     def write(self, record: dict[str, Any], item: ExportItem) -> None:
-        self._w.writerow(record)
+        # base64 never needs quoting: written as is, instead of csv scanning ~200 kB per row
+        self._f.write(f"{record['index']}\t{record['image']}\t")
+        self._w.writerow([record.get(c, "") for c in COLUMNS[2:]])
         self._next_index += 1
 
     def end_split(self, split: str) -> None:
