@@ -630,3 +630,18 @@ def test_rows_without_stem_and_options_are_parsed_from_question(fresh, tmp_path)
     assert m["verl"]["counts"]["train"] == {"read": 2, "written": 1, "rejected": {"export.bad_options": 1}}
     (row,) = pq.read_table(tmp_path / "out" / "medvlthinker" / "train.parquet").to_pylist()
     assert row["question"] == src[0]["stem"] and list(json.loads(row["options"]).values()) == src[0]["options"]
+
+
+def test_released_layout_without_our_columns_exports(fresh, tmp_path):
+    """The released neginb/OpenMedReason parquet (image, question, reasoning, answer and the rubric
+    lists, no id) exports with positional ids ``{split}-{index:06d}``."""
+    released = tmp_path / "released"
+    (released / "data").mkdir(parents=True)
+    keep = ["image", "question", "reasoning", "answer", "perception", "knowledge", "rationale"]
+    for i, f in enumerate(split_files(fresh, "train")):
+        pq.write_table(pq.read_table(f, columns=keep), released / "data" / f.name)
+    n = count_rows(released, "train")
+    m = export_dataset(released, "trl-sft,verl", tmp_path / "out", split="train")
+    assert m["trl-sft"]["counts"]["train"] == {"read": n, "written": n, "rejected": {}}
+    ids = pq.read_table(tmp_path / "out" / "trl-sft" / "train.parquet", columns=["id"]).column("id").to_pylist()
+    assert ids == [f"train-{i:06d}" for i in range(n)]

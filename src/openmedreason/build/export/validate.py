@@ -241,7 +241,9 @@ def normalize_row(row: dict[str, Any], split: str, index: int, *, min_image_side
     """Check one contract-D row and return the :class:`ExportItem` the formats build from."""
     if split not in SPLITS:
         raise Reject(BAD_SPLIT, f"split {split!r}")
-    rid = _str(row, "id")
+    # the released neginb/OpenMedReason parquet has no id column: a positional id, stable for a
+    # given dataset revision, stands in
+    rid = _str(row, "id") if row.get("id") is not None else f"{split}-{index:06d}"
     assert rid is not None
     stem = row.get("stem")
     options = row.get("options")
