@@ -16,7 +16,6 @@ seed give byte-identical Parquet files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -103,13 +102,7 @@ def iter_instances(run_dir: Path) -> Iterator[Instance]:
 
 
 def input_fingerprint(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    return hf.files_sha256(paths).hexdigest()[:16]
 
 
 def _versions() -> dict[str, str]:

@@ -37,6 +37,7 @@ from openmedreason.build.dedup import (
     phash_hex,
 )
 from openmedreason.reasons import reason
+from openmedreason.run.store import write_json_atomic
 
 CONTAMINATED = reason(
     "build.contaminated",
@@ -159,7 +160,7 @@ class Registry:
             "num_perm": num_perm,
             "added": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        (self.root / f"{name}.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(info, self.root / f"{name}.json")
         return info
 
     def remove(self, name: str) -> None:
@@ -219,6 +220,7 @@ class DecontamIndex:
         self.phashes = np.zeros(0, dtype=np.uint64)
         self.phash_items = np.zeros(0, dtype=np.int64)
         self.signatures: dict[int, np.ndarray] = {}
+        self._sig_dtype = minhash(set(), num_perm).dtype  # stored signatures are cast to the build's dtype
         self.lsh = MinHashLSH(threshold=question_threshold, num_perm=num_perm)
 
     def __len__(self) -> int:
@@ -240,7 +242,7 @@ class DecontamIndex:
                     sig = row["signature"]
                     if sig is None or len(sig) != self.num_perm:  # registered with other permutations
                         sig = minhash(set((row["question"] or "").split()), self.num_perm)
-                    sig = np.asarray(sig, dtype=np.uint64).astype(minhash(set(), self.num_perm).dtype)
+                    sig = np.asarray(sig, dtype=np.uint64).astype(self._sig_dtype)
                     self.signatures[k] = sig
                     self.lsh.insert(k, minhash_object(sig), check_duplication=False)
 

@@ -15,6 +15,7 @@ paths), so the files load anywhere without the source images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -197,6 +198,13 @@ def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_build_json(dataset_dir: Path) -> dict[str, Any]:
+    """``DATASET/build.json`` as a dict; empty when it is absent or unreadable."""
+    from openmedreason.report import _load_json
+
+    return _load_json(Path(dataset_dir) / "build.json") or {}
+
+
 def write_split(
     dataset_dir: Path,
     split: str,
@@ -210,11 +218,7 @@ def write_split(
     split's previous files. ``n_rows`` must be known up front for the ``-of-N`` names. File and
     row-group sizes default to the build's (``build.json``), else 5000 and 100. Each file is
     written under a temporary name and renamed, so rows may be streamed from the old files."""
-    cfg: dict[str, Any] = {}
-    try:
-        cfg = json.loads((Path(dataset_dir) / "build.json").read_text()).get("config") or {}
-    except (OSError, ValueError):
-        pass
+    cfg = read_build_json(dataset_dir).get("config") or {}
     rows_per_file = rows_per_file or int(cfg.get("rows_per_file") or 5000)
     row_group_rows = row_group_rows or int(cfg.get("row_group_rows") or 100)
     d = data_dir(dataset_dir)
@@ -243,6 +247,17 @@ def read_rows(
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
             yield from batch.to_pylist()
+
+
+def files_sha256(paths: Iterable[Path]) -> "hashlib._Hash":
+    """sha256 over files' names and bytes, in the given order, streamed (1 MiB at a time)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h
 
 
 def count_rows(dataset_dir: Path, split: str) -> int:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from openmedreason.build.hf import AXES, DATASET_SCHEMA, read_rows, split_files
+from openmedreason.build.hf import AXES, DATASET_SCHEMA, files_sha256, read_build_json, read_rows, split_files
 
 #: source columns the exports use: contract D without the rubric lists (not exported)
 COLUMNS = tuple(n for n in DATASET_SCHEMA.names if n not in AXES)
@@ -31,23 +29,10 @@ def iter_rows(dataset_dir: Path, split: str, *, batch_size: int = 64) -> Iterato
 
 def dataset_hash(dataset_dir: Path) -> str:
     """``sha256:`` of the dataset's data files (names and bytes, in name order), streamed."""
-    h = hashlib.sha256()
-    data = Path(dataset_dir) / "data"
-    for p in sorted(data.glob("*.parquet")):
-        h.update(p.name.encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + files_sha256(sorted((Path(dataset_dir) / "data").glob("*.parquet"))).hexdigest()
 
 
 def build_info(dataset_dir: Path) -> dict[str, Any]:
     """A few fields of ``build.json`` worth repeating in an export manifest (empty when absent)."""
-    path = Path(dataset_dir) / "build.json"
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: info[k] for k in ("version", "seed", "created", "dataset_hash", "content_hash", "counts") if k in info}
+    info = read_build_json(Path(dataset_dir))
+    return {k: info[k] for k in ("format", "seed", "input", "split", "versions") if k in info}

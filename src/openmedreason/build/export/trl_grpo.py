@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from openmedreason.build.export.common import ParquetExporter, meta_columns
-from openmedreason.build.export.trl_sft import TRL_SPEC_COMMON, _letters, _prompt_images, common_features, prompt_messages
+from openmedreason.build.export.common import ParquetExporter
+from openmedreason.build.export.trl_sft import TRL_SPEC_COMMON, _letters, _prompt_images, common_features, common_record
 from openmedreason.build.export.validate import ExportItem, RecordSpec
 
 
@@ -35,11 +35,4 @@ class TrlGrpoExporter(ParquetExporter):
         return Features(common_features())
 
     def convert(self, item: ExportItem) -> dict[str, Any]:
-        return {
-            "prompt": prompt_messages(item, self.ctx.options.system_prompt),
-            "images": [self.image_struct(item)],
-            "answer": item.answer,
-            "options": list(item.options),
-            "letters": item.letters,
-            **meta_columns(item),
-        }
+        return common_record(self, item)

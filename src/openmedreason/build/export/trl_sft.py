@@ -59,6 +59,18 @@ def _letters(record: dict[str, Any]) -> str:
     return letters
 
 
+def common_record(exporter: ParquetExporter, item: ExportItem) -> dict[str, Any]:
+    """The columns the SFT and GRPO exports share: prompt, images, reward kwargs, metadata."""
+    return {
+        "prompt": prompt_messages(item, exporter.ctx.options.system_prompt),
+        "images": [exporter.image_struct(item)],
+        "answer": item.answer,
+        "options": list(item.options),
+        "letters": item.letters,
+        **meta_columns(item),
+    }
+
+
 TRL_SPEC_COMMON: dict[str, Any] = {
     "prompt": list,
     "images": list,
@@ -92,12 +104,4 @@ class TrlSftExporter(ParquetExporter):
 
     def convert(self, item: ExportItem) -> dict[str, Any]:
         trace = require_trace(item)
-        return {
-            "prompt": prompt_messages(item, self.ctx.options.system_prompt),
-            "completion": [{"role": "assistant", "content": [{"type": "text", "text": trace}]}],
-            "images": [self.image_struct(item)],
-            "answer": item.answer,
-            "options": list(item.options),
-            "letters": item.letters,
-            **meta_columns(item),
-        }
+        return {**common_record(self, item), "completion": [{"role": "assistant", "content": [{"type": "text", "text": trace}]}]}

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from openmedreason.bench.loaders import parse_question_text
 from openmedreason.build.hf import META_STRINGS
 from openmedreason.reasons import reason
 
@@ -47,7 +48,6 @@ MIN_IMAGE_SIDE = 28
 #: string metadata columns of contract D carried into the exports that keep metadata
 META_FIELDS = tuple(c for c in META_STRINGS if c != "id") + ("image_phash",)
 
-_OPTION_LINE = re.compile(r"^([A-J])\.\s+(.*\S)\s*$")
 _ANSWER_TAG = re.compile(r"<answer>\s*([^<]*?)\s*</answer>", re.S)
 
 
@@ -183,21 +183,10 @@ def _normalize_image(data: bytes, min_side: int) -> NormImage:
 
 
 def _to_rgb(im: Any) -> Any:
-    from PIL import Image
+    # the project's one conversion (A1 pixels): 16-bit/float stretched to 8 bits, alpha on white
+    from openmedreason.quality.pixels import _normalise
 
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        import numpy as np
-
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros(arr.shape, dtype=np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
-        return Image.fromarray(scaled).convert("RGB")
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB")
+    return _normalise(im, "RGB")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,19 +211,9 @@ def parse_question(question: str) -> tuple[str, list[str]]:
 
     Only a trailing run of lines lettered A, B, C… in order counts as options; otherwise the whole
     text is the stem and the option list is empty (the row is then rejected as ``export.bad_options``).
+    The one parser shared with the benchmark loader (:func:`openmedreason.bench.loaders.parse_question_text`).
     """
-    lines = question.rstrip().split("\n")
-    tail: list[tuple[str, str]] = []
-    while lines:
-        m = _OPTION_LINE.match(lines[-1].strip())
-        if not m:
-            break
-        tail.insert(0, (m.group(1), m.group(2)))
-        lines.pop()
-    letters = "".join(l for l, _ in tail)
-    if not tail or letters != "ABCDEFGHIJ"[: len(tail)]:
-        return question.strip(), []
-    return "\n".join(lines).strip(), [o for _, o in tail]
+    return parse_question_text(question)
 
 
 def normalize_row(row: dict[str, Any], split: str, index: int, *, min_image_side: int = MIN_IMAGE_SIDE) -> ExportItem:

@@ -89,11 +89,8 @@ class VlmEvalKitExporter(Exporter):
     def end_split(self, split: str) -> None:
         self._f.close()
         name = self.file_name(split)
-        h = hashlib.md5()
         with (self.ctx.work / name).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        self.md5[name] = h.hexdigest()
+            self.md5[name] = hashlib.file_digest(f, "md5").hexdigest()
         self.files.append(name)
 
     def finish(self) -> dict[str, Any]:
