@@ -16,7 +16,7 @@ from PIL import Image
 
 from llm_fake_server import FakeOpenAIServer, Reply, fast_config
 from openmedreason.bench.items import BenchItem
-from openmedreason.evaluate.pairwise import compare_pairs, local_bootstrap, outcome
+from openmedreason.evaluate.pairwise import compare_pairs, outcome
 from openmedreason.llm import LLMCache, LLMEngine
 
 
@@ -92,15 +92,6 @@ def test_compare_pairs_counts_rates_and_interval(server, tmp_path):
     assert rec["q3"]["outcome"] == "loss" and rec["q3"]["a_first"] == "second" and rec["q3"]["b_first"] == "first"
     assert rec["q6"]["outcome"] == "error" and rec["q6"]["errors"] == ["llm.invalid_output", "llm.invalid_output"]
     assert res["judge"]["prompt"] == "pairwise@1"
-
-
-def test_local_bootstrap_fallback_is_clustered():
-    vals = [1.0] * 10 + [0.0] * 10
-    same = ["c"] * 20
-    m, lo, hi = local_bootstrap(vals, same, 200, 0)  # one cluster: every resample is the whole set
-    assert m == lo == hi == 0.5
-    m, lo, hi = local_bootstrap(vals, [f"c{i}" for i in range(20)], 500, 0)
-    assert m == 0.5 and 0.2 < lo < 0.5 < hi < 0.8
 
 
 def test_needs_an_engine():

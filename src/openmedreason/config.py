@@ -56,14 +56,25 @@ class RunConfig(BaseModel):
     def step_config(self, name: str) -> dict[str, Any]:
         return dict(self.steps.get(name, {}))
 
-    def resolved_engine(self, env: Mapping[str, str] | None = None) -> str:
-        """``auto`` means llm when an endpoint is configured (env or ``[llm.default]``), else offline."""
+    def resolved_engine(self, env: Mapping[str, str] | None = None, step: str | None = None) -> str:
+        """``auto`` means llm when an endpoint is configured (env, ``[llm.default]`` or, with
+        ``step``, ``[llm.<step>]``), else offline."""
         if self.engine != "auto":
             return self.engine
-        env = os.environ if env is None else env
-        default = self.llm.get("default", {})
-        configured = env.get("OMR_LLM_BASE_URL") or env.get("OMR_LLM_MODEL") or default.get("base_url") or default.get("model")
-        return "llm" if configured else "offline"
+        return "llm" if endpoint_configured(self.llm, step, env) else "offline"
+
+
+def endpoint_configured(llm: Mapping[str, Any], step: str | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """True when an LLM endpoint is configured for ``step``: ``OMR_LLM_BASE_URL``/``OMR_LLM_MODEL``,
+    or a base_url/model in ``[llm.default]`` or ``[llm.<step>]``."""
+    env = os.environ if env is None else env
+    if env.get("OMR_LLM_BASE_URL") or env.get("OMR_LLM_MODEL"):
+        return True
+    for name in ("default", step):
+        sect = (llm.get(name) or {}) if name else {}
+        if sect.get("base_url") or sect.get("model"):
+            return True
+    return False
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -31,7 +31,7 @@ def rubric(
     """Fill the test split's perception / knowledge / rationale rubric columns in place.
 
     Writes DATASET/rubric/rejected.jsonl (every dropped unit with its reason) and
-    DATASET/rubric/manifest.json, then refreshes the dataset card when the build package is present.
+    DATASET/rubric/manifest.json, then refreshes the dataset card.
     """
     import json
 
@@ -48,7 +48,7 @@ def rubric(
         console.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2)
     if engine == "auto":
-        engine = cfg.resolved_engine()
+        engine = cfg.resolved_engine(step="rubric")
     eng = None
     if engine == "llm":
         from openmedreason.llm import LLMConfigError, engine_for_step

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 AXES = ("perception", "knowledge", "rationale")
+#: unit-id letter of each axis (units are numbered P1…, K1…, R1…)
+AXIS_PREFIX = {"perception": "P", "knowledge": "K", "rationale": "R"}
 Axis = Literal["perception", "knowledge", "rationale"]
 
 

@@ -31,8 +31,11 @@ def system_prompt() -> str:
 
 
 def user_text(question: str, kind: str = "mcq") -> str:
-    """The user turn's text: the question (stem + ``X. option`` lines for MCQs), then the instruction."""
-    return f"{question}\n\n{INSTRUCTIONS[kind]}"
+    """The user turn's text: the question (stem + ``X. option`` lines for MCQs), then the
+    instruction, laid out by ``prompts/eval_system.md`` (the evaluation renders the same template)."""
+    from openmedreason.prompts import load
+
+    return load("eval_system").render(question=question, instruction=INSTRUCTIONS[kind])[1]
 
 
 def strip_instruction(text: str) -> str:

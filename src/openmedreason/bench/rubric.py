@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from openmedreason.bench.items import AXES, RubricUnit
+from openmedreason.bench.items import AXES, AXIS_PREFIX, RubricUnit
 from openmedreason.reasons import reason
 
 MISSING_FIELD = reason("rubric.missing_field", "a rubric unit lacks a topic, claim or source quote")
@@ -53,7 +53,6 @@ NO_SECTIONS = reason(
 RUBRIC_REASONS = (MISSING_FIELD, BAD_IMPORTANCE, TOPIC_LENGTH, CLAIM_LENGTH, QUOTE_LENGTH, QUOTE_NOT_FOUND, DUPLICATE, OVER_CAP, NO_SECTIONS)
 
 PROMPT = "rubric"
-AXIS_PREFIX = {"perception": "P", "knowledge": "K", "rationale": "R"}
 BOUNDS = {"topic": (1, 12), "claim": (8, 25), "quote": (3, 30)}
 # a supplied judge question is used when it is a question of reasonable length, else synthesised
 QUESTION_WORDS = (4, 45)
@@ -287,8 +286,7 @@ _NUMBER = re.compile(r"^(?:[\d.,/%×x]+(?:mm|cm|ml|mg|%|x)?|mm|cm|ml|mg|kg|hu|µ
 
 
 def _sections(trace: str) -> dict[str, str]:
-    m = _THINK.search(trace or "")
-    body = m.group(1) if m else _TAGS.sub(" ", trace or "")
+    body = think_text(trace)
     found = list(_SECTION.finditer(body))
     out: dict[str, str] = {}
     for i, mm in enumerate(found):
@@ -505,13 +503,9 @@ def test_files(dataset_dir: Any) -> list[Any]:
     """The test-split parquet files of a dataset folder (contract D naming)."""
     from pathlib import Path
 
-    try:
-        from openmedreason.build.hf import split_files
-    except ImportError:  # the build package's helper is optional here
-        split_files = None
-    if split_files is not None:
-        return [Path(p) for p in split_files(Path(dataset_dir), "test")]
-    return sorted((Path(dataset_dir) / "data").glob("test-*.parquet"))
+    from openmedreason.build.hf import split_files
+
+    return split_files(Path(dataset_dir), "test")
 
 
 def _rows(path: Any) -> list[dict[str, Any]]:
@@ -571,7 +565,7 @@ def fill_dataset(
 ) -> dict[str, Any]:
     """Distil units for every test row of ``dataset_dir`` and write them into its test parquet
     files (in place, atomically per file); write ``rubric/rejected.jsonl`` and
-    ``rubric/manifest.json``; refresh the card when :mod:`openmedreason.build.card` is installed.
+    ``rubric/manifest.json``; refresh the card (:func:`openmedreason.build.card.write_card`).
 
     Rows that end with no valid unit are kept (with empty unit lists) and listed in the manifest's
     ``items_without_units`` with the cause: dropping them would change the benchmark's item set
@@ -664,14 +658,11 @@ def fill_dataset(
         ),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from openmedreason.build.card import write_card
+
     try:
-        from openmedreason.build.card import write_card
-    except ImportError:
-        write_card = None
-    if write_card is not None:
-        try:
-            write_card(root)
-            manifest["card"] = "refreshed"
-        except Exception as exc:  # the rubric is written; a card failure must not hide that
-            manifest["card"] = f"not refreshed: {type(exc).__name__}: {exc}"
+        write_card(root)
+        manifest["card"] = "refreshed"
+    except Exception as exc:  # the rubric is written; a card failure must not hide that
+        manifest["card"] = f"not refreshed: {type(exc).__name__}: {exc}"
     return manifest

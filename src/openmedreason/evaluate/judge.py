@@ -32,7 +32,7 @@ from typing import Any, Iterable, Literal, Protocol, Sequence
 
 from pydantic import BaseModel
 
-from openmedreason.bench.items import AXES, BenchItem, RubricUnit, UnitJudgement
+from openmedreason.bench.items import AXES, AXIS_PREFIX, BenchItem, RubricUnit, UnitJudgement
 from openmedreason.reasons import reason
 
 MISSING_UNIT = reason("judge.missing_unit", "the judge's reply has no verdict for this rubric unit")
@@ -42,7 +42,6 @@ NO_IMAGE = reason("judge.no_image", "the item has no image, so its perception un
 
 JUDGE_REASONS = (MISSING_UNIT, INVALID_VALUE, DUPLICATE_UNIT, NO_IMAGE)
 
-AXIS_PREFIX = {"perception": "P", "knowledge": "K", "rationale": "R"}
 AXIS_PROMPT = {"perception": "judge_perception", "knowledge": "judge_knowledge", "rationale": "judge_rationale"}
 BATCHED_PROMPT = "judge_batched"
 _FENCE = re.compile(r"<{2,}\s*/?\s*(BEGIN|END)\b", re.I)

@@ -15,13 +15,13 @@ There is no offline pairwise judge: lexical overlap cannot say which reasoning i
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel
 
 from openmedreason.bench.items import BenchItem
+from openmedreason.bench.stats import bootstrap_ci
 from openmedreason.evaluate.judge import delimit, question_block, response_for_judge
 
 PROMPT = "pairwise"
@@ -33,36 +33,10 @@ class PairVerdict(BaseModel):
 
 
 def _ci(values: Sequence[float], clusters: Sequence[str], n_boot: int, seed: int) -> tuple[float | None, float | None, float | None]:
-    """(mean, lo, hi) by cluster bootstrap: ``openmedreason.bench.stats.bootstrap_ci`` when it is
-    installed, else an equivalent local percentile bootstrap over clusters."""
+    """(mean, lo, hi) of ``values`` by :func:`openmedreason.bench.stats.bootstrap_ci` (clusters resampled)."""
     if not values:
         return None, None, None
-    try:
-        from openmedreason.bench.stats import bootstrap_ci
-    except ImportError:
-        bootstrap_ci = None
-    if bootstrap_ci is not None:
-        m, lo, hi = bootstrap_ci(list(values), list(clusters), n_boot=n_boot, seed=seed)
-        return tuple(None if x is None else float(x) for x in (m, lo, hi))  # type: ignore[return-value]
-    return local_bootstrap(values, clusters, n_boot, seed)
-
-
-def local_bootstrap(values: Sequence[float], clusters: Sequence[str], n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Percentile cluster bootstrap of the mean (95%): resample whole clusters with replacement."""
-    groups: dict[str, list[float]] = {}
-    for v, c in zip(values, clusters):
-        groups.setdefault(c, []).append(v)
-    keys = sorted(groups)
-    rng = random.Random(seed)
-    stats = []
-    for _ in range(n_boot):
-        pick = [groups[keys[rng.randrange(len(keys))]] for _ in keys]
-        flat = [v for g in pick for v in g]
-        stats.append(sum(flat) / len(flat))
-    stats.sort()
-    lo = stats[int(0.025 * (n_boot - 1))]
-    hi = stats[int(round(0.975 * (n_boot - 1)))]
-    return sum(values) / len(values), lo, hi
+    return bootstrap_ci(list(values), list(clusters), n_boot=n_boot, seed=seed)
 
 
 def _request(item: BenchItem, first: str, second: str, seed: int) -> Any:
@@ -84,14 +58,18 @@ def _request(item: BenchItem, first: str, second: str, seed: int) -> Any:
     )
 
 
+#: the preferred model behind a verdict: with A shown first (``_PREF_AB``), with B shown first (``_PREF_BA``)
+_PREF_AB = {"first": "A", "second": "B", "tie": "tie"}
+_PREF_BA = {"first": "B", "second": "A", "tie": "tie"}
+
+
 def outcome(ab: str | None, ba: str | None) -> str:
     """The pair's outcome for A from the two orders' verdicts (``ab``: A shown first; ``ba``: B
     shown first): ``win`` / ``loss`` only when both orders agree, else ``tie``; ``error`` when a
     verdict is missing."""
     if ab is None or ba is None:
         return "error"
-    pref_ab = {"first": "A", "second": "B", "tie": "tie"}[ab]
-    pref_ba = {"first": "B", "second": "A", "tie": "tie"}[ba]
+    pref_ab, pref_ba = _PREF_AB[ab], _PREF_BA[ba]
     if pref_ab == pref_ba == "A":
         return "win"
     if pref_ab == pref_ba == "B":
@@ -100,7 +78,7 @@ def outcome(ab: str | None, ba: str | None) -> str:
 
 
 def _consistent(ab: str, ba: str) -> bool:
-    return {"first": "A", "second": "B", "tie": "tie"}[ab] == {"first": "B", "second": "A", "tie": "tie"}[ba]
+    return _PREF_AB[ab] == _PREF_BA[ba]
 
 
 def compare_pairs(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from openmedreason.bench.items import AXES
+from openmedreason.report import _figure, _save  # the run report's Agg figure helpers (no pyplot state)
 
 PLOT_AXES = "pkr_axes.png"
 PLOT_CATEGORY = "accuracy_by_category.png"
@@ -46,21 +47,6 @@ def _ci_num(c: Mapping[str, Any] | None) -> str:
     if not c or c.get("mean") is None:
         return "–"
     return f"{_num(c['mean'])} [{_num(c['lo'])}, {_num(c['hi'])}]"
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)  # Agg, no display, no pyplot global state
-    return fig
-
-
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------ PKR access
@@ -352,7 +338,8 @@ def compare(
     manifests for images and questions); ``none`` skips it.
     """
     from openmedreason.bench.stats import paired_bootstrap
-    from openmedreason.evaluate.run import ITEMS, MANIFEST, RESULTS, EvalError, _llm_sections, endpoint_configured, latest_lines, read_lines
+    from openmedreason.evaluate.run import ITEMS, MANIFEST, RESULTS, EvalError, latest_lines, read_lines
+    from openmedreason.run.store import write_json_atomic
 
     da, db = _eval_dir(a), _eval_dir(b)
     out = Path(out)
@@ -405,10 +392,8 @@ def compare(
         use_score = all(((r["results"].get("pkr") or {}).get("correctness_available", False)) for r in runs)
         res["pkr"] = _paired_pkr(common, ia, ib, seed, use_score)
     if judge != "none" and common:
-        res["pairwise"] = _pairwise(common, A, B, judge, config, out, seed, env, no_cache, max_cost_usd, _llm_sections, endpoint_configured)
-    tmp = out / (COMPARE_JSON + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    tmp.replace(out / COMPARE_JSON)
+        res["pairwise"] = _pairwise(common, A, B, judge, config, out, seed, env, no_cache, max_cost_usd)
+    write_json_atomic(res, out / COMPARE_JSON)
     (out / COMPARE_MD).write_text(render_compare(res), encoding="utf-8")
     return res
 
@@ -449,7 +434,9 @@ def _paired_pkr(common: Sequence[str], ia: Mapping[str, Any], ib: Mapping[str, A
     return out or None
 
 
-def _pairwise(common, A, B, judge, config, out, seed, env, no_cache, max_cost_usd, _llm_sections, endpoint_configured) -> dict[str, Any] | None:
+def _pairwise(common, A, B, judge, config, out, seed, env, no_cache, max_cost_usd) -> dict[str, Any] | None:
+    from openmedreason.evaluate.run import _llm_sections, endpoint_configured
+
     llm = _llm_sections(config)
     if judge == "offline":
         return {"skipped": "pairwise preference needs an LLM judge; offline judging has no pairwise mode"}

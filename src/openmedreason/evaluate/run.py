@@ -34,8 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from openmedreason.config import endpoint_configured as _endpoint_configured
 from openmedreason.bench.items import AXES, BenchItem, UnitJudgement
 from openmedreason.evaluate.runners import Generation, Job, Protocol, Runner, make_runner, prompt_hash, prompts_manifest
+from openmedreason.run.store import write_json_atomic
 
 SCHEMA = "omr-eval/1"
 ITEMS = "items.jsonl"
@@ -78,14 +80,7 @@ def _llm_sections(config: Any) -> dict[str, dict[str, Any]]:
 
 def endpoint_configured(llm_sections: Mapping[str, Any], step: str = "judge", env: Mapping[str, str] | None = None) -> bool:
     """True when an LLM endpoint is configured for ``step`` (env, ``[llm.default]`` or ``[llm.<step>]``)."""
-    env = os.environ if env is None else env
-    if env.get("OMR_LLM_BASE_URL") or env.get("OMR_LLM_MODEL"):
-        return True
-    for name in ("default", step):
-        sect = llm_sections.get(name) or {}
-        if sect.get("base_url") or sect.get("model"):
-            return True
-    return False
+    return _endpoint_configured(llm_sections, step, env)
 
 
 def item_hash(item: BenchItem) -> str:
@@ -157,12 +152,6 @@ def _repair_tail(path: Path) -> None:
     cut = data.rfind(b"\n") + 1
     with path.open("r+b") as fh:
         fh.truncate(cut)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------ judges
@@ -359,7 +348,7 @@ def evaluate(
         "command": " ".join(sys.argv) if sys.argv and "omr" in Path(sys.argv[0]).name else None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
-    _write_json(manifest_path, manifest)
+    write_json_atomic(manifest, manifest_path)
 
     jobs = [Job(it, s) for it in items for s in range(samples)]
     todo = [j for j in jobs if (j.item.id, j.sample) not in done or done[(j.item.id, j.sample)].get("error")]
@@ -454,8 +443,8 @@ def evaluate(
     manifest["wall_s"] = round(time.time() - started, 2)
     manifest["resume"] = {"lines_kept": len(done), "generated": len(todo), "rejudged": len(rejudge)}
     results["model"]["server_models"] = manifest["model"].get("server_models")
-    _write_json(manifest_path, manifest)
-    _write_json(out / RESULTS, results)
+    write_json_atomic(manifest, manifest_path)
+    write_json_atomic(results, out / RESULTS)
     from openmedreason.evaluate.report import write_report
 
     write_report(out, results, manifest)
@@ -623,7 +612,7 @@ def _breakdown(values: Sequence[float], keys: Sequence[str], clusters: Sequence[
     if not values:
         return {}
     res = breakdown(list(values), list(keys), list(clusters), seed=seed)
-    return {str(k): {"n": v["n"], "mean": v["mean"], "lo": v["lo"], "hi": v["hi"]} for k, v in res.items()}
+    return {str(k): v for k, v in res.items()}  # each v is {"n", "mean", "lo", "hi"}
 
 
 def _mean(xs: Sequence[float]) -> float | None:
