@@ -68,6 +68,24 @@ def _summary(manifest: dict[str, Any]) -> None:
     console.print(f"adapter + processor + train_manifest.json in {out}")
 
 
+def _train(kind: str, config: Path, overrides: dict[str, Any]) -> None:
+    """Load the ``kind`` recipe, run ``train_sft`` / ``train_grpo`` and print the summary."""
+    from openmedreason.train.config import GRPORecipe, SFTRecipe
+
+    recipe = _load(config, SFTRecipe if kind == "sft" else GRPORecipe, overrides)
+    _need_stack()
+    if kind == "sft":
+        from openmedreason.train.sft import train_sft as run
+    else:
+        from openmedreason.train.grpo import train_grpo as run
+    try:
+        manifest = run(recipe)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    _summary(manifest)
+
+
 OUT_HELP = "Override the recipe's output_dir."
 STEPS_HELP = "Override max_steps (e.g. a quick check)."
 RESUME_HELP = "'auto' (last checkpoint in output_dir), a checkpoint folder, or 'no'. Default: the recipe's."
@@ -81,18 +99,7 @@ def sft_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help=RESUME_HELP),
 ) -> None:
     """Supervised fine-tuning (LoRA) on prompt → trace pairs; loss on the trace only."""
-    from openmedreason.train.config import SFTRecipe
-
-    recipe = _load(config, SFTRecipe, _overrides(output_dir, max_steps, resume))
-    _need_stack()
-    from openmedreason.train.sft import train_sft
-
-    try:
-        manifest = train_sft(recipe)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
-    _summary(manifest)
+    _train("sft", config, _overrides(output_dir, max_steps, resume))
 
 
 @train_app.command("grpo")
@@ -103,18 +110,7 @@ def grpo_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help=RESUME_HELP),
 ) -> None:
     """GRPO (LoRA) with accuracy + format rewards, from the merged SFT model."""
-    from openmedreason.train.config import GRPORecipe
-
-    recipe = _load(config, GRPORecipe, _overrides(output_dir, max_steps, resume))
-    _need_stack()
-    from openmedreason.train.grpo import train_grpo
-
-    try:
-        manifest = train_grpo(recipe)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
-    _summary(manifest)
+    _train("grpo", config, _overrides(output_dir, max_steps, resume))
 
 
 @train_app.command("merge")

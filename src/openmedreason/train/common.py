@@ -11,6 +11,8 @@ import logging
 import os
 import platform
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,103 @@ def save_outputs(trainer: Any, processor: Any, out: Path) -> None:
         (out / DATA_CACHE).rmdir()  # gone once every rank removed its folder
     except OSError:
         pass
+
+
+@dataclass
+class Prepared:
+    """Everything :func:`~openmedreason.train.sft.prepare_sft` /
+    :func:`~openmedreason.train.grpo.prepare_grpo` builds before training: the trainer (model,
+    LoRA, data, collator), the processor and the data report."""
+
+    trainer: Any
+    processor: Any
+    report: Any
+    pixel_bounds_applied: bool
+    peft_config: Any
+    started: str
+    t0: float
+
+
+@dataclass
+class Inputs:
+    """What both trainers are built from (see :func:`prepare_inputs`)."""
+
+    processor: Any
+    pixel_bounds_applied: bool
+    dataset: Any
+    report: Any
+    model: Any
+    peft_config: Any
+    started: str
+    t0: float
+
+    def prepared(self, trainer: Any) -> Prepared:
+        return Prepared(trainer, self.processor, self.report, self.pixel_bounds_applied, self.peft_config, self.started, self.t0)
+
+
+def prepare_inputs(recipe: Recipe, kind: str, max_tokens: int | None) -> Inputs:
+    """Load the processor, build and length-check the ``kind`` data (rows over ``max_tokens``
+    dropped), write ``dropped.jsonl``, then load the model and its LoRA config."""
+    from openmedreason.train.data import build_dataset
+
+    started, t0 = now(), time.time()
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    processor, bounds = load_processor(recipe.model)
+    dataset, report = build_dataset(recipe, kind, processor, max_tokens=max_tokens, cache_dir=data_cache_dir(out))
+    write_dropped(out, report.drops)
+    log.info("%s data: %d rows, dropped %s", kind.upper(), len(dataset), report.as_dict()["dropped"])
+    model = load_model(recipe.model, recipe.use_cpu)
+    return Inputs(processor, bounds, dataset, report, model, lora_config(model, recipe.lora), started, t0)
+
+
+def run_and_save(recipe: Any, prep: Prepared, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a prepared trainer (resuming per the recipe), save outputs, write the manifest."""
+    trainer, args = prep.trainer, prep.trainer.args
+    resume = resolve_resume(recipe)
+    result = trainer.train(resume_from_checkpoint=resume)
+    out = Path(recipe.output_dir)
+    save_outputs(trainer, prep.processor, out)
+    manifest = {
+        "kind": kind,
+        "started_at": prep.started,
+        "finished_at": now(),
+        "wall_s": round(time.time() - prep.t0, 2),
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_hash": recipe.recipe_hash(),
+        "data": prep.report.as_dict(),
+        "model": {
+            "base": recipe.model.name_or_path,
+            "class": type(trainer.model).__name__,
+            "processor": type(prep.processor).__name__,
+            "pixel_bounds_applied": prep.pixel_bounds_applied,
+            "lora": prep.peft_config is not None,
+            "lora_target_modules": _jsonable(getattr(prep.peft_config, "target_modules", None)),
+            "params": param_counts(trainer.model),
+        },
+        "trainer": {
+            "max_length_passed_to_trl": getattr(args, "max_length", None),
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        },
+        **(extra or {}),
+        "result": {
+            "global_step": result.global_step,
+            "train_loss": result.training_loss,
+            "metrics": result.metrics,
+            "resumed_from": resume,
+            "log_history": trainer.state.log_history,
+        },
+        "versions": versions(),
+        "device": device_info(),
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (set, frozenset)):
+        return sorted(v)
+    return v

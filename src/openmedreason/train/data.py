@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from openmedreason.bench.answers import extract_answer, format_ok
+from openmedreason.bench.protocol import strip_instruction
 from openmedreason.reasons import reason
 from openmedreason.train.config import DataSource, Recipe
 
@@ -240,6 +241,8 @@ class Example:
     completion: str | None
     answer: str | None
     options: list[str]
+    #: the images as decoded while checking them (PIL, same order): the length guard reuses them
+    decoded: list[Any] = field(default_factory=list, repr=False, compare=False)
 
 
 class Drop(Exception):
@@ -251,9 +254,10 @@ class Drop(Exception):
         self.detail = detail
 
 
-def _image_value(value: Any, base: Path | None) -> dict[str, Any]:
+def _image_value(value: Any, base: Path | None) -> tuple[dict[str, Any], Any]:
     """Normalise an image cell (``{bytes, path}``, a path, bytes or a PIL image) to RGB-safe
-    ``{"bytes", "path"}``; raise :class:`Drop` when it cannot be read or decoded."""
+    ``{"bytes", "path"}``, returned with the decoded PIL image; raise :class:`Drop` when it cannot
+    be read or decoded."""
     from PIL import Image
 
     data: bytes | None = None
@@ -278,24 +282,32 @@ def _image_value(value: Any, base: Path | None) -> dict[str, Any]:
     if not data:
         raise Drop(BAD_IMAGE, "no image bytes")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            mode = im.mode
-            if mode not in ("RGB", "L"):  # 16-bit, CMYK, palette, alpha: one plain RGB form for every processor
-                buf = io.BytesIO()
-                im.convert("RGB").save(buf, format="PNG")
-                data = buf.getvalue()
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        if im.mode not in ("RGB", "L"):  # 16-bit, CMYK, palette, alpha: one plain RGB form for every processor
+            # the project's one conversion (as the exports): 16-bit stretched to 8 bits (a plain
+            # convert clips a 12-bit scan to white), alpha composited on white
+            from openmedreason.quality.pixels import _normalise
+
+            im = _normalise(im, "RGB")
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            data = buf.getvalue()
     except Exception as exc:  # any decoder failure is a bad image
         raise Drop(BAD_IMAGE, f"cannot decode image: {exc}") from None
-    return {"bytes": data, "path": name}
+    return {"bytes": data, "path": name}, im
 
 
-def _images_of(row: dict[str, Any], base: Path | None) -> list[dict[str, Any]]:
+def _images_of(row: dict[str, Any], base: Path | None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The row's images as ``({"bytes", "path"}`` cells, decoded PIL images``)``."""
     if row.get("images") is not None:
-        return [_image_value(v, base) for v in row["images"]]
-    if row.get("image") is not None:
-        return [_image_value(row["image"], base)]
-    return []
+        values = list(row["images"])
+    elif row.get("image") is not None:
+        values = [row["image"]]
+    else:
+        return [], []
+    pairs = [_image_value(v, base) for v in values]
+    return [c for c, _ in pairs], [im for _, im in pairs]
 
 
 def _text_of(content: Any) -> tuple[str, int]:
@@ -389,10 +401,10 @@ def to_example(row: dict[str, Any], base: Path | None, fmt: str, kind: Kind, rec
         prompt = ([{"role": "system", "content": recipe.system_prompt}] if recipe.system_prompt else []) + [
             {"role": "user", "content": question.strip() + (f"\n\n{recipe.instruction}" if recipe.instruction else "")}
         ]
-        images = _images_of(row, base)
+        images, decoded = _images_of(row, base)
         if not images:
             raise Drop(BAD_IMAGE, "row has no image")
-        return Example(rid, images, prompt, trace, answer, options)
+        return Example(rid, images, prompt, trace, answer, options, decoded)
 
     if fmt == "prompt-completion":
         prompt = _messages(row.get("prompt"))
@@ -417,12 +429,14 @@ def to_example(row: dict[str, Any], base: Path | None, fmt: str, kind: Kind, rec
         raise Drop(BAD_ROW, "no user turn in the prompt")
     if kind == "sft" and not completion:
         raise Drop(BAD_ROW, "no assistant completion")
-    options = _options_of(row, _user_text(prompt))
+    # a user turn made by the protocol (our exports) ends with the instruction, after the option lines
+    options = _options_of(row, strip_instruction(_user_text(prompt)))
     letters = LETTERS[: len(options)] if options else "ABCDE"
     answer = _gold(row, completion, letters, options)
     if kind == "grpo" and answer is None:
         raise Drop(NO_GOLD, "no gold letter in answer/solution or the completion's <answer> tag")
-    return Example(rid, _images_of(row, base), prompt, completion, answer, options)
+    images, decoded = _images_of(row, base)
+    return Example(rid, images, prompt, completion, answer, options, decoded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +535,8 @@ def length_counter(processor: Any, kind: Kind) -> Callable[[Example], int]:
     tokenizer = getattr(processor, "tokenizer", processor)
 
     def count(ex: Example) -> int:
-        images = [Image.open(io.BytesIO(im["bytes"])) for im in ex.images]
+        # the images decoded when the row was checked; decode the bytes only for an Example built elsewhere
+        images = ex.decoded or [Image.open(io.BytesIO(im["bytes"])) for im in ex.images]
         prompt = prepare_multimodal_messages(ex.prompt, images=images)
         if kind == "sft":
             completion = prepare_multimodal_messages([{"role": "assistant", "content": ex.completion}])

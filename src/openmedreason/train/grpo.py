@@ -11,13 +11,11 @@ never truncated. With a LoRA adapter and ``beta > 0`` the KL reference is the ba
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 from openmedreason.train import common
+from openmedreason.train.common import Prepared, run_and_save
 from openmedreason.train.config import GRPORecipe
-from openmedreason.train.sft import Prepared, run_and_save
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +73,17 @@ def prepare_grpo(recipe: GRPORecipe) -> Prepared:
     ``GRPOTrainer`` with LoRA and the rewards. Writes ``dropped.jsonl``; trains nothing."""
     from trl import GRPOTrainer
 
-    from openmedreason.train.data import build_dataset
-
-    started, t0 = common.now(), time.time()
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    processor, bounds = common.load_processor(recipe.model)
-    dataset, report = build_dataset(
-        recipe, "grpo", processor, max_tokens=recipe.max_prompt_length, cache_dir=common.data_cache_dir(out)
-    )
-    common.write_dropped(out, report.drops)
-    log.info("GRPO data: %d prompts, dropped %s", len(dataset), report.as_dict()["dropped"])
-
-    model = common.load_model(recipe.model, recipe.use_cpu)
-    peft_config = common.lora_config(model, recipe.lora)
+    inp = common.prepare_inputs(recipe, "grpo", recipe.max_prompt_length)
     funcs, weights = reward_functions(recipe)
     trainer = GRPOTrainer(
-        model=model,
+        model=inp.model,
         reward_funcs=funcs,
         args=grpo_args(recipe, weights),
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=peft_config,
+        train_dataset=inp.dataset,
+        processing_class=inp.processor,
+        peft_config=inp.peft_config,
     )
-    return Prepared(trainer, processor, report, bounds, peft_config, started, t0)
+    return inp.prepared(trainer)
 
 
 def train_grpo(recipe: GRPORecipe) -> dict[str, Any]:
@@ -106,9 +91,10 @@ def train_grpo(recipe: GRPORecipe) -> dict[str, Any]:
     ``recipe.output_dir`` with ``dropped.jsonl`` and ``train_manifest.json``. Returns the manifest."""
     prep = prepare_grpo(recipe)
     args = prep.trainer.args
-    funcs, weights = reward_functions(recipe)
+    # the functions and weights the trainer was built with (not a second reward_functions() call)
+    funcs = prep.trainer.reward_funcs
     extra = {
-        "rewards": {"functions": [getattr(f, "__name__", str(f)) for f in funcs], "weights": weights},
+        "rewards": {"functions": [getattr(f, "__name__", str(f)) for f in funcs], "weights": list(args.reward_weights)},
         "grpo": {
             "generation_batch_size": args.generation_batch_size,
             "num_generations": args.num_generations,

@@ -14,9 +14,10 @@ Plain functions on text first (:func:`format_score`, :func:`accuracy_score`,
 The accuracy reward uses the evaluation's answer extractor
 (:func:`openmedreason.bench.answers.extract_answer`), so the reward and the metric agree, and it
 is stricter than the metric in one way: the answer must come from exactly one
-``<answer>…</answer>`` tag. Everything that is not one clear, in-range letter in that tag gets
-0: hedges ("A or B"), empty tags, two tags (also a repeated ``<answer>A</answer>``), letters
-outside the options, an answer outside the tag, a bare letter as the whole completion. (The
+``<answer>…</answer>`` tag, read there as the metric reads it (a letter, ``B. text``, or exactly
+one option's text; only the format reward insists on a bare letter). Everything else gets 0:
+hedges ("A or B"), empty tags, two tags (also a repeated ``<answer>A</answer>``), letters outside
+the options, an answer outside the tag, a bare letter as the whole completion. (The
 release compared the whole completion with the letter, and its format regex wanted newlines the
 data does not have; see docs/training.md.)
 
