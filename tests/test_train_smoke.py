@@ -474,3 +474,39 @@ def test_full_finetune_overfits_two_rows(tiny, dataset, tmp_path):
     assert hist[-1] < 0.5 * hist[0], hist
     assert manifest["model"]["lora"] is False and not (out / "adapter_config.json").exists()
     AutoModelForImageTextToText.from_pretrained(out)  # a full checkpoint
+
+
+def test_sixteen_bit_image_is_stretched_not_clipped_to_white():
+    """A 12-bit greyscale scan stored as 16-bit becomes a usable RGB image (a plain convert clips it white)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from openmedreason.train.data import _image_value
+
+    arr = (np.linspace(0, 4095, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    cell, im = _image_value({"bytes": buf.getvalue(), "path": "scan.png"}, None)
+    rgb = np.asarray(im)
+    assert im.mode == "RGB" and (rgb == 255).mean() < 0.05 and rgb.std() > 30
+    assert Image.open(io.BytesIO(cell["bytes"])).mode == "RGB"
+
+
+def test_options_are_read_from_a_protocol_user_turn():
+    """A messages row whose user turn ends with the protocol instruction keeps all six options."""
+    from openmedreason.bench.protocol import user_text
+    from openmedreason.train.data import to_example
+
+    question = "Which finding?\n" + "\n".join(f"{l}. option {l.lower()}" for l in "ABCDEF")
+    row = {
+        "id": "m1",
+        "messages": [
+            {"role": "user", "content": "<image>" + user_text(question)},
+            {"role": "assistant", "content": "<think>Reasoning about the image.</think>\n<answer>F</answer>"},
+        ],
+        "images": [],
+    }
+    ex = to_example(row, None, "messages", "grpo", GRPORecipe(output_dir="x", data=[]), 0)
+    assert ex.answer == "F" and ex.options == [f"option {l}" for l in "abcdef"]
