@@ -81,7 +81,8 @@ def test_medical_fixture_ingests_19_records():
         assert p.id.endswith("|" + row["id"])
         assert p.license_text == row["license"]
         assert p.doi == row["source_doi"]
-        assert p.article_id == (f"doi:{row['source_doi']}" if row["source_doi"] else "file:metadata")
+        # keyless rows: the figure stands for the article (the split must not tie them all together)
+        assert p.article_id == (f"doi:{row['source_doi']}" if row["source_doi"] else f"file:metadata:{Path(row['image']).name}")
         assert p.caption == (row["caption"] or "").strip()
         expected = [t.strip() for t in (row.get("case_text"), row.get("discussion_text")) if t and t.strip()]
         assert [c.text for c in p.citing_paragraphs] == expected
@@ -201,6 +202,7 @@ def _check_openpmc(items, stem: str) -> None:
     assert p2.caption == "A smear." and p2.license == "cc0" and p2.full_image_path == p2.image_path
     # row 4: absolute image outside the folder, null context, file-stem article key
     assert p3.id == f"file:{stem}|-|{stem}:4" and p3.image_path == str(MEDICAL / "images" / "retina.jpg")
+    assert p3.article_id == f"file:{stem}:retina.jpg"
     assert p3.citing_paragraphs == [] and p3.license == "public-domain"
 
     reasons = [(r.reason, r.detail) for r in rejected]

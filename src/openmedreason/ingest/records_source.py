@@ -25,9 +25,12 @@ Reading in bounded chunks
 
 Rows and ids
     Every row gives exactly one Panel or one :class:`Rejected` - a bad JSON line is rejected,
-    never skipped and never a crash. ``article_id`` is ``PMC…`` when the row has a PMCID, else
+    never skipped and never a crash. The article key is ``PMC…`` when the row has a PMCID, else
     ``doi:<doi>``, else ``file:<record file stem>``; the panel id is
-    ``<article_id>|<figure_id or ->|<panel letter, else the row's own id, else <stem>:<row index>>``.
+    ``<key>|<figure_id or ->|<panel letter, else the row's own id, else <stem>:<row index>>``.
+    ``article_id`` is the key, except for rows without PMCID or DOI: there it is
+    ``file:<stem>:<file name of the full figure image>``, so the dataset split groups a figure's
+    panels rather than every keyless row of the file.
     Ids built from the row's own id field trust that field to be unique in the file.
 
 Image paths
@@ -718,13 +721,17 @@ def _row_to_panel(row: Any, index: int, fm: FieldMap, source: str, folder: str, 
 
 def _make_panel(source: str, stem: str, index: int, fields: dict[str, Any], row_id: str | None) -> Panel:
     if fields.get("pmcid"):
-        article_id = fields["pmcid"]
+        article_id = key = fields["pmcid"]
     elif fields.get("doi"):
-        article_id = f"doi:{fields['doi']}"
+        article_id = key = f"doi:{fields['doi']}"
     else:
-        article_id = f"file:{stem}"
+        key = f"file:{stem}"
+        # no article key: the figure (its full image) stands for the article, so that the split
+        # keeps a figure's panels together without tying every unrelated row of the file into one group
+        figure = fields.get("full_image_path") or fields.get("image_path")
+        article_id = f"{key}:{Path(figure).name}" if figure else key
     last = fields.get("panel") or row_id or f"{stem}:{index}"
-    pid = f"{article_id}|{fields.get('figure_id') or '-'}|{last}"
+    pid = f"{key}|{fields.get('figure_id') or '-'}|{last}"
     return Panel(id=pid, source=source, source_kind=SOURCE_KIND, article_id=article_id, **fields)
 
 

@@ -38,7 +38,7 @@ class IngestConfig(StepConfig):
 
 class Ingest(Step[SourceUnit, Panel]):
     name = "ingest"
-    version = "1"
+    version = "2"  # 2: keyless record rows get a per-figure article_id
     Config = IngestConfig
     output = Panel
     one_to_one = False  # one article becomes many panels
