@@ -419,7 +419,7 @@ def test_palette_and_alpha(real: dict[str, Path], tmp_path: Path) -> None:
     assert chk_gif.mode == "P" and (chk_gif.keep or chk_gif.reason in REASONS)
     # PA (palette + alpha; Pillow cannot write it, so normalise one in memory)
     pa = rgb.convert("P").convert("PA")
-    out = px._normalise(pa, "L")
+    out = px.to_mode(pa, "L")
     assert out.mode == "L" and out.size == rgb.size
 
 
@@ -757,7 +757,7 @@ def _gray_inputs(real: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
 
 def test_gray_decode_equals_pillow_conversion(real: dict[str, Path], tmp_path: Path) -> None:
     """measure()'s decode (straight into numpy where possible) gives exactly the array of the
-    documented conversion: load_image(mode="L"), i.e. Pillow's decode + _normalise."""
+    documented conversion: load_image(mode="L"), i.e. Pillow's decode + to_mode."""
     in_place = {"jpeg_rgb", "jpeg_gray", "png_gray", "tiff_gray", "tiff_lzw_gray"}
     for key, path in _gray_inputs(real, tmp_path).items():
         for fast in (True, False):

@@ -441,7 +441,7 @@ def _decode(im: Image.Image, target: Literal["L", "RGB"], fast: bool, out: Loade
     """Decode the first frame and normalise it to 8-bit ``target``; alpha is composited on white."""
     _load(im, target, fast, out)
     try:
-        return _normalise(im, target)
+        return to_mode(im, target)
     except Exception as e:
         raise _Fail(DECODE_ERROR, detail=f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
 
@@ -450,8 +450,8 @@ def _decode_gray(im: Image.Image, fast: bool, out: LoadedImage) -> np.ndarray:
     """:func:`_decode` to ``"L"``, as a C-contiguous (H, W) uint8 array, with fewer copies: a
     gray or luma-only JPEG and a gray PNG/TIFF decode straight into the array; RGB, 1-bit,
     palette (without transparency), RGBA and LA images run the C conversion of ``convert("L")``
-    into it (RGBA/LA then composited on white as :func:`_normalise` does); other modes go through
-    :func:`_normalise`. Every path gives the array :func:`load_image` would (tested)."""
+    into it (RGBA/LA then composited on white as :func:`to_mode` does); other modes go through
+    :func:`to_mode`. Every path gives the array :func:`load_image` would (tested)."""
     arr = _load(im, "L", fast, out, into_array=True)
     if arr is not None:
         return arr
@@ -468,7 +468,7 @@ def _decode_gray(im: Image.Image, fast: bool, out: LoadedImage) -> np.ndarray:
             except Exception:  # pragma: no cover - fall back to convert("L") below
                 pass
     try:
-        gimg = _normalise(im, "L")
+        gimg = to_mode(im, "L")
     except Exception as e:
         raise _Fail(DECODE_ERROR, detail=f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
     g = np.asarray(gimg)
@@ -481,7 +481,7 @@ def _decode_gray(im: Image.Image, fast: bool, out: LoadedImage) -> np.ndarray:
 
 def _on_white(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``gray`` composited on white with ``alpha``, in place: the integer formula of
-    :func:`_normalise`, ``(c a + 255 (255 - a) + 127) // 255`` = ``255 - round((255 - c) a / 255)``
+    :func:`to_mode`, ``(c a + 255 (255 - a) + 127) // 255`` = ``255 - round((255 - c) a / 255)``
     (never a tie: ``(255 - c) a / 255`` is at least 0.002 from a half; exact for all 65536 pairs)."""
     t = cv2.multiply(cv2.bitwise_not(gray), alpha, scale=1.0 / 255)
     return cv2.bitwise_not(t, dst=gray)
@@ -503,7 +503,10 @@ def _data_past_eof(im: Image.Image, file_size: int | None) -> bool:
         return False
 
 
-def _normalise(im: Image.Image, target: Literal["L", "RGB"]) -> Image.Image:
+def to_mode(im: Image.Image, target: Literal["L", "RGB"]) -> Image.Image:
+    """Any decoded image as plain 8-bit ``L`` or ``RGB``: high bit depth stretched to its value
+    range, alpha composited on white, CMYK/palette converted. The one conversion A1, the
+    exports and training use."""
     mode = im.mode
     if mode == target:
         return im

@@ -287,9 +287,9 @@ def _image_value(value: Any, base: Path | None) -> tuple[dict[str, Any], Any]:
         if im.mode not in ("RGB", "L"):  # 16-bit, CMYK, palette, alpha: one plain RGB form for every processor
             # the project's one conversion (as the exports): 16-bit stretched to 8 bits (a plain
             # convert clips a 12-bit scan to white), alpha composited on white
-            from openmedreason.quality.pixels import _normalise
+            from openmedreason.quality.pixels import to_mode
 
-            im = _normalise(im, "RGB")
+            im = to_mode(im, "RGB")
             buf = io.BytesIO()
             im.save(buf, format="PNG")
             data = buf.getvalue()

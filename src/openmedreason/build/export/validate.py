@@ -184,9 +184,9 @@ def _normalize_image(data: bytes, min_side: int) -> NormImage:
 
 def _to_rgb(im: Any) -> Any:
     # the project's one conversion (A1 pixels): 16-bit/float stretched to 8 bits, alpha on white
-    from openmedreason.quality.pixels import _normalise
+    from openmedreason.quality.pixels import to_mode
 
-    return _normalise(im, "RGB")
+    return to_mode(im, "RGB")
 
 
 # --------------------------------------------------------------------------------------------------
