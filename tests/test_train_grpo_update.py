@@ -21,7 +21,7 @@ import pytest
 for _mod in ("torch", "transformers", "trl", "peft"):
     pytest.importorskip(_mod)
 
-from openmedreason.train.config import DataSource, GRPORecipe, LoraSpec, ModelSpec  # noqa: E402
+from openmedreason.train.config import DataSource, ExtraReward, GRPORecipe, LoraSpec, ModelSpec  # noqa: E402
 from openmedreason.train.rewards import completion_text  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +36,16 @@ def distinct_chars(completions, **kwargs):
 
     Deterministic in the text and, on random tokens, almost never equal across a group."""
     return [len(set(completion_text(c))) / 10 for c in completions]
+
+
+SEEN: list[tuple[list[str], list[float]]] = []
+
+
+def distinct_chars_recorded(completions, **kwargs):
+    """``distinct_chars``, recording each call's row ids and scores for the assertions."""
+    scores = distinct_chars(completions, **kwargs)
+    SEEN.append((list(kwargs["id"]), scores))
+    return scores
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +89,7 @@ def _recipe(tiny, dataset, out) -> GRPORecipe:
     )
 
 
-def test_grpo_step_with_a_varying_reward_moves_only_the_lora_adapter(tiny, dataset, tmp_path, monkeypatch):
+def test_grpo_step_with_a_varying_reward_moves_only_the_lora_adapter(tiny, dataset, tmp_path):
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -87,28 +97,14 @@ def test_grpo_step_with_a_varying_reward_moves_only_the_lora_adapter(tiny, datas
     from openmedreason.train import grpo
     from openmedreason.train.sft import run_and_save
 
-    seen: list[tuple[list[str], list[float]]] = []
-
-    def recorded(completions, **kwargs):
-        scores = distinct_chars(completions, **kwargs)
-        seen.append((list(kwargs["id"]), scores))
-        return scores
-
-    recorded.__name__ = "distinct_chars"
-    recipe_rewards = grpo.reward_functions
-
-    def with_extra(recipe):
-        funcs, weights = recipe_rewards(recipe)
-        return [*funcs, recorded], [*weights, 1.0]
-
-    # prepare_grpo builds the trainer from reward_functions(recipe): add the test reward there
-    monkeypatch.setattr(grpo, "reward_functions", with_extra)
-
+    SEEN.clear()
     out = tmp_path / "grpo"
     recipe = _recipe(tiny, dataset, out)
+    # the test reward goes in the way a user adds one: an [[extra_rewards]] entry naming it by import path
+    recipe = recipe.model_copy(update={"extra_rewards": [ExtraReward(function=f"{__name__}:distinct_chars_recorded", weight=1.0)]})
     prep = grpo.prepare_grpo(recipe)
     model = prep.trainer.model
-    assert [f.__name__ for f in prep.trainer.reward_funcs] == ["accuracy_reward", "format_reward", "distinct_chars"]
+    assert [f.__name__ for f in prep.trainer.reward_funcs] == ["accuracy_reward", "format_reward", "distinct_chars_recorded"]
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
@@ -120,15 +116,15 @@ def test_grpo_step_with_a_varying_reward_moves_only_the_lora_adapter(tiny, datas
     assert manifest["result"]["global_step"] == 1
 
     # the extra reward varied inside at least one group, so some advantages were non-zero
-    assert len(seen) == 1
-    ids, scores = seen[0]
+    assert len(SEEN) == 1
+    ids, scores = SEEN[0]
     assert len(scores) == 2 * NUM_GENERATIONS and len(set(ids)) == 2
     groups: dict[str, list[float]] = defaultdict(list)
     for rid, s in zip(ids, scores):
         groups[rid].append(s)
     assert any(len(set(g)) > 1 for g in groups.values()), groups
-    logged = [h for h in manifest["result"]["log_history"] if "rewards/distinct_chars/std" in h]
-    assert logged and logged[0]["rewards/distinct_chars/std"] > 0
+    logged = [h for h in manifest["result"]["log_history"] if "rewards/distinct_chars_recorded/std" in h]
+    assert logged and logged[0]["rewards/distinct_chars_recorded/std"] > 0
     assert logged[0]["rewards/accuracy_reward/mean"] == 0.0  # the random model never answers: the signal is ours
     assert logged[0]["frac_reward_zero_std"] < 1.0
     assert math.isfinite(logged[0]["loss"])

@@ -205,3 +205,17 @@ def test_rewards_import_without_torch():
 def test_public_names():
     for name in rewards.__all__:
         assert callable(getattr(rewards, name))
+
+
+def test_extra_reward_paths_are_checked():
+    from openmedreason.train.config import ExtraReward, GRPORecipe
+    from openmedreason.train.grpo import reward_functions
+
+    with pytest.raises(ValueError, match="package.module:function"):
+        ExtraReward(function="no_colon")
+    recipe = GRPORecipe(output_dir="x", data=[], extra_rewards=[ExtraReward(function="openmedreason.train.rewards:format_reward", weight=0.5)])
+    funcs, weights = reward_functions(recipe)
+    assert [f.__name__ for f in funcs] == ["accuracy_reward", "format_reward", "format_reward"] and weights == [1.0, 1.0, 0.5]
+    bad = GRPORecipe(output_dir="x", data=[], extra_rewards=[ExtraReward(function="openmedreason.train.rewards:nope")])
+    with pytest.raises(ValueError, match="cannot be imported"):
+        reward_functions(bad)

@@ -244,6 +244,23 @@ class RewardWeights(BaseModel):
     length: float = Field(default=0.0, description="soft over-length penalty in [-1, 0]; 0 = off (the release had none)")
 
 
+class ExtraReward(BaseModel):
+    """A user reward function added to the built-in ones: ``function = "package.module:name"``
+    (importable; TRL signature ``(completions, **columns) -> list[float | None]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str = Field(description="import path 'package.module:function'")
+    weight: float = Field(default=1.0, description="its weight among the TRL reward_weights")
+
+    @model_validator(mode="after")
+    def _path(self) -> "ExtraReward":
+        module, _, name = self.function.partition(":")
+        if not module or not name:
+            raise ValueError(f"extra reward {self.function!r}: expected 'package.module:function'")
+        return self
+
+
 class GRPORecipe(Recipe):
     """GRPO from the merged SFT model with accuracy + format rewards.
 
@@ -274,6 +291,9 @@ class GRPORecipe(Recipe):
     loss_type: str | None = Field(default=None, description="TRL loss_type (grpo, bnpo, dr_grpo, dapo…); None = TRL's default")
     scale_rewards: str | bool | None = Field(default=None, description="TRL scale_rewards; None = TRL's default")
     reward_weights: RewardWeights = Field(default_factory=RewardWeights)
+    extra_rewards: list[ExtraReward] = Field(
+        default_factory=list, description="[[extra_rewards]] tables: more reward functions by import path, with weights"
+    )
     length_penalty_buffer: int = Field(
         default=128, ge=1, description="the length penalty ramps from 0 to -1 over the last N tokens before max_completion_length"
     )

@@ -35,9 +35,27 @@ def reward_functions(recipe: GRPORecipe) -> tuple[list[Any], list[float]]:
         if weight:
             funcs.append(fn)
             weights.append(weight)
+    for extra in recipe.extra_rewards:
+        if extra.weight:
+            funcs.append(load_function(extra.function))
+            weights.append(extra.weight)
     if not funcs:
         raise ValueError("every reward weight is 0")
     return funcs, weights
+
+
+def load_function(path: str) -> Any:
+    """The callable named by ``package.module:function`` (a clear error when it cannot be imported)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"extra reward {path!r} cannot be imported: {exc}") from exc
+    if not callable(fn):
+        raise ValueError(f"extra reward {path!r} is not callable")
+    return fn
 
 
 def grpo_args(recipe: GRPORecipe, reward_weights: list[float]) -> Any:
